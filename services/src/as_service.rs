@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cyphonic_proto::body::{
     AuthType, Date, EnrollResponse, GeneralNode, LoginResponse, NodeInformation,
 };
-use cyphonic_proto::{Body, Fqdn, Flag, Message, NodeId};
+use cyphonic_proto::{Body, Flag, Fqdn, Message, NodeId};
 
 use crate::identity::{Peer, PeerRole};
 use crate::rpc::refusal;
@@ -101,7 +101,11 @@ impl AsService {
             tracing::warn!(device = %e.device_id, "enroll refused: token is not text");
             return refuse(Flag::PasswordMismatch);
         };
-        let device = match self.store.consume_enrollment_token(&e.device_id, secret.trim()).await {
+        let device = match self
+            .store
+            .consume_enrollment_token(&e.device_id, secret.trim())
+            .await
+        {
             Ok(d) => d,
             Err(err) => {
                 let flag = match &err {

@@ -193,14 +193,20 @@ impl CloudConfig {
             return Err("`roles` is empty: list at least one of \"as\", \"nms\", \"trs\"".into());
         }
         if let Some(url) = &self.database_url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:"))
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres:")
+                || url.starts_with("postgresql:"))
             {
                 return Err(format!(
                     "`database_url` {url:?} is neither sqlite:… nor postgres://…"
                 ));
             }
         }
-        if self.trs.iter().any(|t| t.ipv4.is_none() && t.ipv6.is_none()) {
+        if self
+            .trs
+            .iter()
+            .any(|t| t.ipv4.is_none() && t.ipv6.is_none())
+        {
             return Err("every [[trs]] entry needs `ipv4` or `ipv6`".into());
         }
         if self.timers.keep_alive_secs >= self.timers.idle_timeout_secs {
@@ -211,7 +217,10 @@ impl CloudConfig {
 
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}?mode=rwc", self.state_dir.join("cloud.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.state_dir.join("cloud.db").display()
+            )
         })
     }
 
@@ -254,7 +263,9 @@ mod tests {
         let c = CloudConfig::parse("", Path::new("x.toml")).unwrap();
         assert_eq!(c.listen, "[::]:443".parse().unwrap());
         assert_eq!(c.roles, Role::ALL.to_vec());
-        assert!(c.database_url().starts_with("sqlite:///var/lib/cyphonic/cloud.db"));
+        assert!(c
+            .database_url()
+            .starts_with("sqlite:///var/lib/cyphonic/cloud.db"));
         assert_eq!(c.advertised(), (Some(Ipv4Addr::LOCALHOST), None, 443));
     }
 
@@ -268,13 +279,17 @@ mod tests {
         assert!(e.to_string().contains("roles"), "{e}");
         let e = CloudConfig::parse("overlay_domain = \"a..b\"", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("empty label"), "{e}");
-        let e = CloudConfig::parse("database_url = \"mysql://x\"", Path::new("c.toml")).unwrap_err();
+        let e =
+            CloudConfig::parse("database_url = \"mysql://x\"", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("database_url"), "{e}");
     }
 
     #[test]
     fn advertised_address_follows_listen() {
         let c = CloudConfig::parse("listen = \"203.0.113.1:8443\"", Path::new("c")).unwrap();
-        assert_eq!(c.advertised(), (Some("203.0.113.1".parse().unwrap()), None, 8443));
+        assert_eq!(
+            c.advertised(),
+            (Some("203.0.113.1".parse().unwrap()), None, 8443)
+        );
     }
 }

@@ -129,7 +129,10 @@ impl Nms {
             Ok(Some(d)) if d.is_active() => d,
             Ok(_) => {
                 tracing::warn!(fqdn = %peer.fqdn, "NMS connection refused: unknown or revoked device");
-                conn.close(quinn::VarInt::from_u32(Flag::CertificateRevoked.code() as u32), b"revoked");
+                conn.close(
+                    quinn::VarInt::from_u32(Flag::CertificateRevoked.code() as u32),
+                    b"revoked",
+                );
                 return;
             }
             Err(e) => {
@@ -225,8 +228,12 @@ impl Nms {
             }
             Ok(Registered::Same) => {}
         }
-        Message::response_to(request, Flag::Ok, Body::RegistrationResponse(RegistrationResponse { nat }))
-            .with_extension(Extension::ObservedAddress(location.observed))
+        Message::response_to(
+            request,
+            Flag::Ok,
+            Body::RegistrationResponse(RegistrationResponse { nat }),
+        )
+        .with_extension(Extension::ObservedAddress(location.observed))
     }
 
     /// Resolve the target of a Direction Request to an online node, or the flag to
@@ -259,12 +266,19 @@ impl Nms {
             SocketAddr::V4(_) => t.ipv4.is_some(),
             SocketAddr::V6(_) => t.ipv6.is_some(),
         };
-        let usable: Vec<&TrsTarget> = self.trs.iter().filter(|t| fits(t, a) && fits(t, b)).collect();
+        let usable: Vec<&TrsTarget> = self
+            .trs
+            .iter()
+            .filter(|t| fits(t, a) && fits(t, b))
+            .collect();
         if usable.is_empty() {
             return None;
         }
         // Spread pairs over the TRS instances, stably per path.
-        let i = path.0.iter().fold(0usize, |h, x| h.wrapping_mul(31).wrapping_add(*x as usize));
+        let i = path
+            .0
+            .iter()
+            .fold(0usize, |h, x| h.wrapping_mul(31).wrapping_add(*x as usize));
         usable.get(i % usable.len()).copied()
     }
 
@@ -355,8 +369,15 @@ impl Nms {
         let mut push = Message::request(Body::RouteDirectionToResponder(rd.clone()))
             .with_node_id(responder.node_id);
         push.extensions = extensions.clone();
-        match rpc::transact(&responder.connection, &push, self.timers.confirmation_timeout()).await {
-            Ok(m) if m.flag == Flag::Ok && matches!(m.body, Body::RouteDirectionConfirmation(_)) => {}
+        match rpc::transact(
+            &responder.connection,
+            &push,
+            self.timers.confirmation_timeout(),
+        )
+        .await
+        {
+            Ok(m)
+                if m.flag == Flag::Ok && matches!(m.body, Body::RouteDirectionConfirmation(_)) => {}
             Ok(m) => {
                 tracing::info!(responder = %responder.fqdn, flag = ?m.flag,
                     "responder refused the Route Direction");
@@ -369,7 +390,8 @@ impl Nms {
             }
         }
         lock(&self.registry).note_pair(initiator.node_id, responder.node_id, path_id);
-        let mut reply = Message::response_to(request, Flag::Ok, Body::RouteDirectionToInitiator(rd));
+        let mut reply =
+            Message::response_to(request, Flag::Ok, Body::RouteDirectionToInitiator(rd));
         reply.extensions = extensions;
         reply
     }
@@ -380,8 +402,11 @@ impl Nms {
             let Some(me) = reg.get(moved).cloned() else {
                 return;
             };
-            let peers: Vec<(Online, PathId)> =
-                reg.peers_of(moved).into_iter().map(|(o, p)| (o.clone(), p)).collect();
+            let peers: Vec<(Online, PathId)> = reg
+                .peers_of(moved)
+                .into_iter()
+                .map(|(o, p)| (o.clone(), p))
+                .collect();
             (me, peers)
         };
         let end = path_end(&me);
@@ -397,7 +422,9 @@ impl Nms {
             };
             let msg = Message::request(Body::LocationUpdate(update)).with_path_id(path_id);
             match rpc::transact(&peer.connection, &msg, self.timers.confirmation_timeout()).await {
-                Ok(_) => tracing::info!(moved = %me.fqdn, peer = %peer.fqdn, "location update sent"),
+                Ok(_) => {
+                    tracing::info!(moved = %me.fqdn, peer = %peer.fqdn, "location update sent")
+                }
                 Err(e) => tracing::info!(moved = %me.fqdn, peer = %peer.fqdn, error = %e,
                     "location update not delivered"),
             }
@@ -407,8 +434,11 @@ impl Nms {
     async fn finalize(self: &Arc<Self>, node: NodeId, request: &Message) -> Message {
         let (gone, peers) = {
             let mut reg = lock(&self.registry);
-            let peers: Vec<(Online, PathId)> =
-                reg.peers_of(node).into_iter().map(|(o, p)| (o.clone(), p)).collect();
+            let peers: Vec<(Online, PathId)> = reg
+                .peers_of(node)
+                .into_iter()
+                .map(|(o, p)| (o.clone(), p))
+                .collect();
             reg.forget_pairs(node);
             (reg.remove(node), peers)
         };

@@ -176,7 +176,8 @@ pub fn select(initiator: &Location, responder: &Location) -> Choice {
             },
             (Reach::Global(dial), Reach::Nat { .. }) => Choice {
                 route: Route::ResponderDials { dial },
-                reason: "both have IPv6; the responder is behind a translator, the initiator is not",
+                reason:
+                    "both have IPv6; the responder is behind a translator, the initiator is not",
             },
             (Reach::Nat { .. }, Reach::Nat { .. }) => Choice {
                 route: Route::Relay,
@@ -280,31 +281,60 @@ mod tests {
     #[test]
     fn the_whole_spec_table() {
         // Rows: initiator; columns: responder IPv6, IPv4 global, IPv4 NAT.
-        assert_eq!([code(&v6(1), &v6(2)), code(&v6(1), &v4g(2)), code(&v6(1), &v4nat(9, 2))], [1, 3, 3]);
-        assert_eq!([code(&v4g(1), &v6(2)), code(&v4g(1), &v4g(2)), code(&v4g(1), &v4nat(9, 2))], [3, 1, 2]);
         assert_eq!(
-            [code(&v4nat(8, 1), &v6(2)), code(&v4nat(8, 1), &v4g(2)), code(&v4nat(8, 1), &v4nat(9, 2))],
+            [
+                code(&v6(1), &v6(2)),
+                code(&v6(1), &v4g(2)),
+                code(&v6(1), &v4nat(9, 2))
+            ],
+            [1, 3, 3]
+        );
+        assert_eq!(
+            [
+                code(&v4g(1), &v6(2)),
+                code(&v4g(1), &v4g(2)),
+                code(&v4g(1), &v4nat(9, 2))
+            ],
+            [3, 1, 2]
+        );
+        assert_eq!(
+            [
+                code(&v4nat(8, 1), &v6(2)),
+                code(&v4nat(8, 1), &v4g(2)),
+                code(&v4nat(8, 1), &v4nat(9, 2))
+            ],
             [3, 1, 3]
         );
         // Same NAT: code 4, dialing the responder's private address.
         let c = select(&v4nat(9, 1), &v4nat(9, 2));
-        assert_eq!(c.route, Route::SameNat { dial: "192.0.2.2:443".parse().unwrap() });
+        assert_eq!(
+            c.route,
+            Route::SameNat {
+                dial: "192.0.2.2:443".parse().unwrap()
+            }
+        );
     }
 
     #[test]
     fn dial_addresses_are_the_reachable_ends() {
         assert_eq!(
             select(&v4nat(8, 1), &v4g(2)).route,
-            Route::Direct { dial: "203.0.113.2:443".parse().unwrap() }
+            Route::Direct {
+                dial: "203.0.113.2:443".parse().unwrap()
+            }
         );
         // Code 2: the NATed responder dials the initiator's global address.
         assert_eq!(
             select(&v4g(1), &v4nat(9, 2)).route,
-            Route::ResponderDials { dial: "203.0.113.1:443".parse().unwrap() }
+            Route::ResponderDials {
+                dial: "203.0.113.1:443".parse().unwrap()
+            }
         );
         assert_eq!(
             select(&v6(1), &v6(2)).route,
-            Route::Direct { dial: "[2001:db8::2]:443".parse().unwrap() }
+            Route::Direct {
+                dial: "[2001:db8::2]:443".parse().unwrap()
+            }
         );
     }
 
@@ -328,7 +358,10 @@ mod tests {
             reported_v4: Some("203.0.113.7".parse().unwrap()),
             reported_v6: None,
         };
-        assert_eq!(l.classify().v4, Some(Reach::Global("203.0.113.7:443".parse().unwrap())));
+        assert_eq!(
+            l.classify().v4,
+            Some(Reach::Global("203.0.113.7:443".parse().unwrap()))
+        );
         assert_eq!(code(&l, &v4g(2)), 1);
     }
 

@@ -58,7 +58,11 @@ impl Trs {
         &self,
         inner: Arc<dyn quinn::AsyncUdpSocket>,
     ) -> Arc<dyn quinn::AsyncUdpSocket> {
-        Arc::new(RelaySocket::new(inner, self.table.clone(), self.counters.clone()))
+        Arc::new(RelaySocket::new(
+            inner,
+            self.table.clone(),
+            self.counters.clone(),
+        ))
     }
 
     pub fn counters(&self) -> &RelayCounters {
@@ -97,14 +101,20 @@ impl Trs {
                 })
                 .await
             }
-            _ => conn.close(quinn::VarInt::from_u32(Flag::ForbiddenByPolicy.code() as u32), b"role"),
+            _ => conn.close(
+                quinn::VarInt::from_u32(Flag::ForbiddenByPolicy.code() as u32),
+                b"role",
+            ),
         }
     }
 
     async fn serve_node(self: Arc<Self>, conn: quinn::Connection, peer: Peer) {
         let Some(node) = peer.node_id else {
             tracing::warn!(fqdn = %peer.fqdn, "TRS: node certificate without NodeID refused");
-            conn.close(quinn::VarInt::from_u32(Flag::Unauthenticated.code() as u32), b"no NodeID");
+            conn.close(
+                quinn::VarInt::from_u32(Flag::Unauthenticated.code() as u32),
+                b"no NodeID",
+            );
             return;
         };
         let id = conn.stable_id();

@@ -73,7 +73,9 @@ pub struct RelaySocket {
 
 impl fmt::Debug for RelaySocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelaySocket").field("inner", &self.inner).finish()
+        f.debug_struct("RelaySocket")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -91,7 +93,14 @@ impl RelaySocket {
     }
 
     /// Decide and act on one datagram; true when quinn should see it.
-    fn filter_one(&self, table: &mut ForwardTable, src: SocketAddr, meta: &RecvMeta, d: &[u8], now: Instant) -> bool {
+    fn filter_one(
+        &self,
+        table: &mut ForwardTable,
+        src: SocketAddr,
+        meta: &RecvMeta,
+        d: &[u8],
+        now: Instant,
+    ) -> bool {
         match table.decide(src, relay_token_of(d), now) {
             Decision::Own => true,
             Decision::Forward(to) => {
@@ -104,7 +113,9 @@ impl RelaySocket {
                 };
                 match self.inner.try_send(&t) {
                     Ok(()) => {
-                        self.counters.forwarded_packets.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .forwarded_packets
+                            .fetch_add(1, Ordering::Relaxed);
                         self.counters
                             .forwarded_bytes
                             .fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -112,7 +123,9 @@ impl RelaySocket {
                     // UDP: a full socket buffer means the packet is lost, as on any
                     // router. The end-to-end QUIC connection recovers.
                     Err(_) => {
-                        self.counters.dropped_send_error.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .dropped_send_error
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 false
@@ -127,7 +140,13 @@ impl RelaySocket {
     /// Filter the datagrams of one receive buffer in place; returns the bytes kept.
     /// With GRO the buffer holds segments of `stride` bytes (the last may be shorter);
     /// kept segments are moved together so quinn sees a valid GRO buffer.
-    fn filter_buffer(&self, table: &mut ForwardTable, buf: &mut [u8], meta: &RecvMeta, now: Instant) -> usize {
+    fn filter_buffer(
+        &self,
+        table: &mut ForwardTable,
+        buf: &mut [u8],
+        meta: &RecvMeta,
+        now: Instant,
+    ) -> usize {
         let len = meta.len.min(buf.len());
         let stride = if meta.stride == 0 { len } else { meta.stride };
         let mut kept = 0usize;

@@ -294,8 +294,16 @@ mod tests {
         t.node_at(node(1), addr("192.0.2.1:443"));
         t.node_at(node(2), addr("[2001:db8::2]:443"));
         t.node_at(node(3), addr("198.51.100.3:443"));
-        t.bind(PathId([9; 16]), node(1), tok(1), node(2), tok(2), Duration::from_secs(60), now)
-            .unwrap();
+        t.bind(
+            PathId([9; 16]),
+            node(1),
+            tok(1),
+            node(2),
+            tok(2),
+            Duration::from_secs(60),
+            now,
+        )
+        .unwrap();
         (t, now)
     }
 
@@ -331,7 +339,10 @@ mod tests {
             Decision::Drop(DropReason::NotBound)
         );
         // Unknown token or no CID: the TRS's own traffic.
-        assert_eq!(t.decide(addr("192.0.2.1:443"), Some(tok(7)), now), Decision::Own);
+        assert_eq!(
+            t.decide(addr("192.0.2.1:443"), Some(tok(7)), now),
+            Decision::Own
+        );
         assert_eq!(t.decide(addr("192.0.2.1:443"), None, now), Decision::Own);
     }
 
@@ -368,7 +379,10 @@ mod tests {
             Decision::Drop(DropReason::DestinationOffline)
         );
         t.unbind_node(node(2));
-        assert_eq!(t.decide(addr("192.0.2.1:443"), Some(tok(2)), now), Decision::Own);
+        assert_eq!(
+            t.decide(addr("192.0.2.1:443"), Some(tok(2)), now),
+            Decision::Own
+        );
     }
 
     #[test]
@@ -382,21 +396,53 @@ mod tests {
         let mut t = ForwardTable::new(limits);
         t.node_at(node(1), addr("192.0.2.1:1"));
         t.node_at(node(2), addr("192.0.2.2:1"));
-        t.bind(PathId::ZERO, node(1), tok(1), node(2), tok(2), Duration::from_secs(9), now)
-            .unwrap();
+        t.bind(
+            PathId::ZERO,
+            node(1),
+            tok(1),
+            node(2),
+            tok(2),
+            Duration::from_secs(9),
+            now,
+        )
+        .unwrap();
         let fwd = (0..5)
-            .filter(|_| matches!(t.decide(addr("192.0.2.1:1"), Some(tok(2)), now), Decision::Forward(_)))
+            .filter(|_| {
+                matches!(
+                    t.decide(addr("192.0.2.1:1"), Some(tok(2)), now),
+                    Decision::Forward(_)
+                )
+            })
             .count();
         assert_eq!(fwd, 3, "burst of 3, then limited");
         let later = now + Duration::from_millis(200);
-        assert!(matches!(t.decide(addr("192.0.2.1:1"), Some(tok(2)), later), Decision::Forward(_)));
+        assert!(matches!(
+            t.decide(addr("192.0.2.1:1"), Some(tok(2)), later),
+            Decision::Forward(_)
+        ));
         // Node 3 cannot claim node 2's token.
         assert_eq!(
-            t.bind(PathId::ZERO, node(3), tok(2), node(1), tok(1), Duration::from_secs(9), now),
+            t.bind(
+                PathId::ZERO,
+                node(3),
+                tok(2),
+                node(1),
+                tok(1),
+                Duration::from_secs(9),
+                now
+            ),
             Err(BindError::TokenInUse(tok(2)))
         );
         assert_eq!(
-            t.bind(PathId::ZERO, node(1), tok(1), node(1), tok(1), Duration::from_secs(9), now),
+            t.bind(
+                PathId::ZERO,
+                node(1),
+                tok(1),
+                node(1),
+                tok(1),
+                Duration::from_secs(9),
+                now
+            ),
             Err(BindError::SameNode)
         );
     }
