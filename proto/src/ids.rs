@@ -12,20 +12,32 @@ const LABEL_MAX_LEN: usize = 63;
 /// Why a string is not an acceptable FQDN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FqdnError {
+    /// The name is empty.
     #[error("FQDN is empty")]
     Empty,
+    /// The name is longer than 253 characters.
     #[error("FQDN is {0} characters long; at most {FQDN_MAX_LEN} are allowed")]
     TooLong(usize),
+    /// Two dots in a row, or a leading dot.
     #[error("FQDN has an empty label (two dots in a row, or a leading dot)")]
     EmptyLabel,
+    /// A label is longer than 63 characters.
     #[error("FQDN label {0:?} is longer than {LABEL_MAX_LEN} characters")]
     LabelTooLong(String),
+    /// A label starts or ends with a hyphen.
     #[error("FQDN label {0:?} starts or ends with a hyphen")]
     HyphenAtEdge(String),
+    /// A character other than a-z, 0-9, '-' and '.'.
     #[error("FQDN contains {0:?}; only letters a-z, digits 0-9, '-' and '.' are allowed")]
     BadCharacter(char),
+    /// The name is not below the required domain.
     #[error("FQDN {name:?} is not inside the overlay domain {domain:?}")]
-    OutsideDomain { name: String, domain: String },
+    OutsideDomain {
+        /// The name.
+        name: String,
+        /// The domain it should be below.
+        domain: String,
+    },
 }
 
 /// A fully qualified domain name in canonical form: lower-case ASCII letters, digits and
@@ -71,6 +83,7 @@ impl Fqdn {
         Fqdn::new(&format!("{name}.{}", domain.as_str()))
     }
 
+    /// The canonical text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -146,14 +159,18 @@ macro_rules! id128 {
         pub struct $name(pub [u8; 16]);
 
         impl $name {
+            /// All zeros (the "none" value).
             pub const ZERO: $name = $name([0; 16]);
 
+            /// From the 16 wire bytes.
             pub fn from_bytes(b: [u8; 16]) -> Self {
                 $name(b)
             }
+            /// The 16 wire bytes.
             pub fn as_bytes(&self) -> &[u8; 16] {
                 &self.0
             }
+            /// True for the all-zero value.
             pub fn is_zero(&self) -> bool {
                 self.0 == [0; 16]
             }
@@ -204,6 +221,13 @@ id128!(
     PathId
 );
 
+id128!(
+    /// 128-bit application identifier of Login Request and Direction Request (SPEC §5).
+    /// v1 always sent zero; v2 senders send [`ApplicationId::ZERO`] unless a deployment
+    /// defines applications.
+    ApplicationId
+);
+
 impl NodeId {
     /// A fresh random NodeID (UUIDv4 layout, so it prints as a valid v4 UUID).
     pub fn random() -> Self {
@@ -230,17 +254,22 @@ impl PathId {
 pub struct RelayToken(pub [u8; 8]);
 
 impl RelayToken {
+    /// Length on the wire.
     pub const LEN: usize = 8;
 
+    /// A fresh random token (an endpoint picks one at start-up).
     pub fn random() -> Self {
         RelayToken(rand::random())
     }
+    /// From its big-endian 64-bit value.
     pub fn from_u64(v: u64) -> Self {
         RelayToken(v.to_be_bytes())
     }
+    /// Its big-endian 64-bit value.
     pub fn to_u64(self) -> u64 {
         u64::from_be_bytes(self.0)
     }
+    /// The 8 wire bytes.
     pub fn as_bytes(&self) -> &[u8; 8] {
         &self.0
     }
@@ -263,6 +292,7 @@ impl fmt::Debug for RelayToken {
 pub struct TransactionId(pub u32);
 
 impl TransactionId {
+    /// A fresh random Transaction ID for a new transaction.
     pub fn random() -> Self {
         TransactionId(rand::random())
     }
@@ -280,14 +310,20 @@ mod tests {
 
     #[test]
     fn fqdn_canonicalises_and_validates() {
-        assert_eq!(Fqdn::new("Cam1.Site.Example.").unwrap().as_str(), "cam1.site.example");
+        assert_eq!(
+            Fqdn::new("Cam1.Site.Example.").unwrap().as_str(),
+            "cam1.site.example"
+        );
         assert_eq!(Fqdn::new(""), Err(FqdnError::Empty));
         assert_eq!(Fqdn::new("a..b"), Err(FqdnError::EmptyLabel));
         assert_eq!(Fqdn::new(".a"), Err(FqdnError::EmptyLabel));
         assert!(matches!(Fqdn::new("-a.b"), Err(FqdnError::HyphenAtEdge(_))));
         assert_eq!(Fqdn::new("a_b.c"), Err(FqdnError::BadCharacter('_')));
         assert_eq!(Fqdn::new("é.c"), Err(FqdnError::BadCharacter('é')));
-        assert!(matches!(Fqdn::new(&"a".repeat(64)), Err(FqdnError::LabelTooLong(_))));
+        assert!(matches!(
+            Fqdn::new(&"a".repeat(64)),
+            Err(FqdnError::LabelTooLong(_))
+        ));
         let long = vec!["abc"; 64].join(".");
         assert!(matches!(Fqdn::new(&long), Err(FqdnError::TooLong(255))));
     }
