@@ -32,6 +32,8 @@ pub struct SignedCert {
 
 /// What AS needs from the CA: sign a CSR for a device, and show the CA certificate.
 pub trait CsrSigner: Send + Sync {
+    /// Check a CSR (well-formed, self-signature valid) before any token is spent.
+    fn check(&self, csr_der: &[u8]) -> Result<(), String>;
     fn sign(&self, csr_der: &[u8], fqdn: &Fqdn, node_id: NodeId) -> Result<SignedCert, String>;
     fn ca_cert_der(&self) -> Vec<u8>;
 }
@@ -101,6 +103,11 @@ impl AsService {
             tracing::warn!(device = %e.device_id, "enroll refused: token is not text");
             return refuse(Flag::PasswordMismatch);
         };
+        // Check the CSR first: a malformed one must not spend the one-time token.
+        if let Err(why) = self.signer.check(&e.csr) {
+            tracing::warn!(device = %e.device_id, error = %why, "enroll refused: bad CSR");
+            return refuse(Flag::Malformed);
+        }
         let device = match self
             .store
             .consume_enrollment_token(&e.device_id, secret.trim())
@@ -123,10 +130,9 @@ impl AsService {
         let signed = match self.signer.sign(&e.csr, &device.fqdn, device.node_id) {
             Ok(s) => s,
             Err(why) => {
-                tracing::warn!(device = %device.device_id, error = %why, "enroll refused: bad CSR");
-                // The token was consumed; the operator issues a new one. A device
-                // that sends garbage with a valid token gets one try.
-                return refuse(Flag::Malformed);
+                // The CSR passed `check`, so this is the CA failing, not the device.
+                tracing::error!(device = %device.device_id, error = %why, "cannot sign certificate");
+                return refuse(Flag::UnknownError);
             }
         };
         if let Err(err) = self

@@ -28,7 +28,6 @@ pub struct Peer {
 impl Peer {
     /// The peer of a QUIC connection whose client certificate was verified by the TLS
     /// layer (chain to the deployment CA, CRL, expiry); None when it showed none.
-    #[cfg(any())]
     pub fn of_connection(conn: &quinn::Connection) -> Option<Peer> {
         let certs = conn
             .peer_identity()?
