@@ -408,7 +408,7 @@ async fn relay_by_connection_id_forwards_unchanged_and_only_for_bound_pairs() {
     assert_eq!(trs.binding_count(), 1);
 
     // Through the TRS: the Initial's DCID carries b's relay token.
-    a.connect_trs().await;
+    a.connect_trs(cloud.local_addr).await;
     let conn = a
         .dial(cloud.local_addr, &b.fqdn, rd.path_id, Some(b.token))
         .await
@@ -458,7 +458,7 @@ async fn relay_by_connection_id_forwards_unchanged_and_only_for_bound_pairs() {
     );
 
     // c is authenticated but not bound to b: nothing is forwarded.
-    c.connect_trs().await;
+    c.connect_trs(cloud.local_addr).await;
     let refused_before = trs.counters().refused();
     let r = c
         .dial(cloud.local_addr, &b.fqdn, rd.path_id, Some(b.token))
@@ -522,4 +522,106 @@ async fn location_update_and_finalization_reach_the_peer() {
     assert!(matches!(push.body, Body::Finalization), "{push:?}");
     assert_eq!(a.direction_to(&b).await.flag, Flag::PeerUnreachable);
     let _ = NodeId::ZERO;
+}
+
+#[tokio::test]
+async fn nms_directs_relayed_pairs_to_a_trs_in_another_process() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = state_dir(&t);
+    // The TRS alone, then AS+NMS told to use it (same deployment state).
+    let mut trs_cfg = config(&dir, "127.0.0.1:0".parse().unwrap());
+    trs_cfg.roles = vec![cyphonic_services::config::Role::Trs];
+    let trs_cloud = Cloud::start(trs_cfg).await.unwrap();
+    let trs = trs_cloud.trs.clone().unwrap();
+    let mut cfg = config(&dir, "127.0.0.1:0".parse().unwrap());
+    cfg.roles = vec![
+        cyphonic_services::config::Role::As,
+        cyphonic_services::config::Role::Nms,
+    ];
+    cfg.trs = vec![cyphonic_services::config::TrsPeer {
+        ipv4: Some("127.0.0.1".parse().unwrap()),
+        ipv6: None,
+        port: trs_cloud.local_addr.port(),
+    }];
+    let cloud = Cloud::start(cfg).await.unwrap();
+    assert!(cloud.trs.is_none());
+
+    let a = online(&cloud, &dir, "a", 2, Some("192.0.2.10:443")).await;
+    let mut b = online(&cloud, &dir, "b", 3, Some("198.51.100.10:443")).await;
+    let r = a.direction_to(&b).await;
+    assert_eq!(r.flag, Flag::Ok, "{r:?}");
+    let Body::RouteDirectionToInitiator(rd) = &r.body else {
+        panic!()
+    };
+    assert_eq!(rd.process_code, ProcessCode::ViaTrs);
+    assert_eq!(rd.trs_port, trs_cloud.local_addr.port());
+    assert_eq!(
+        trs.binding_count(),
+        1,
+        "NMS bound the pair on the remote TRS"
+    );
+
+    a.connect_trs(trs_cloud.local_addr).await;
+    let conn = a
+        .dial(trs_cloud.local_addr, &b.fqdn, rd.path_id, Some(b.token))
+        .await
+        .unwrap();
+    let accepted = tokio::time::timeout(T, b.accepted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    datagrams_flow(&conn, &accepted).await;
+    assert!(trs.counters().forwarded_packets.load(Ordering::Relaxed) > 0);
+}
+
+/// The whole cloud on PostgreSQL: enroll, login, register, direct a pair, restart.
+#[tokio::test]
+async fn cloud_runs_on_postgresql() {
+    let Ok(admin) = std::env::var("CYPHONIC_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must provide CYPHONIC_TEST_POSTGRES_URL"
+        );
+        eprintln!("CYPHONIC_TEST_POSTGRES_URL unset: skipping the PostgreSQL cloud test");
+        return;
+    };
+    let db = format!("cloud_e2e_{}", std::process::id());
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    {
+        use sqlx::Executor;
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap();
+        c.execute(format!("DROP DATABASE IF EXISTS {db}").as_str())
+            .await
+            .unwrap();
+        c.execute(format!("CREATE DATABASE {db}").as_str())
+            .await
+            .unwrap();
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = state_dir(&t);
+    let mut cfg = config(&dir, "127.0.0.1:0".parse().unwrap());
+    cfg.database_url = Some(format!("{base}/{db}"));
+    let cloud = Cloud::start(cfg.clone()).await.unwrap();
+    let a = online(&cloud, &dir, "a", 1, None).await;
+    let b = online(&cloud, &dir, "b", 2, None).await;
+    assert_eq!(a.direction_to(&b).await.flag, Flag::Ok);
+    let before = cloud.store.device("a").await.unwrap();
+    drop(cloud);
+    let cloud = Cloud::start(cfg).await.unwrap();
+    let after = cloud.store.device("a").await.unwrap();
+    assert_eq!(
+        (before.node_id, before.virtual_ipv4),
+        (after.node_id, after.virtual_ipv4)
+    );
+    cloud.store.close().await;
+    drop(cloud);
+    use sqlx::Executor;
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    let _ = c
+        .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+        .await;
 }

@@ -313,7 +313,11 @@ impl TestNode {
                 match &m.body {
                     Body::RouteDirectionToResponder(rd) => {
                         if rd.process_code == ProcessCode::ViaTrs {
-                            me.ensure_trs(rd.trs_port).await;
+                            let ip = rd
+                                .trs_ipv4
+                                .map(IpAddr::V4)
+                                .expect("TRS IPv4 in Route Direction");
+                            me.ensure_trs(SocketAddr::new(ip, rd.trs_port)).await;
                         }
                         if rd.process_code == ProcessCode::ResponderDials {
                             let dial = m.candidates()[0];
@@ -364,8 +368,9 @@ impl TestNode {
             .await
     }
 
-    pub async fn connect_trs(&self) {
-        PeerDialer::of(self).ensure_trs(0).await
+    /// A control connection to the TRS at `addr`.
+    pub async fn connect_trs(&self, addr: SocketAddr) {
+        PeerDialer::of(self).ensure_trs(addr).await
     }
 
     pub async fn dial(
@@ -400,17 +405,13 @@ impl PeerDialer {
         }
     }
 
-    /// Keep a control connection to the TRS (the cloud's address in these tests).
-    pub async fn ensure_trs(&self, _port: u16) {
+    /// Keep a control connection to the TRS at `addr`.
+    pub async fn ensure_trs(&self, addr: SocketAddr) {
         let mut slot = self.trs.lock().await;
         if slot.is_none() {
             let c = self
                 .ep
-                .connect_with(
-                    self.trs_client.clone(),
-                    self.cloud,
-                    &format!("trs.{DOMAIN}"),
-                )
+                .connect_with(self.trs_client.clone(), addr, &format!("trs.{DOMAIN}"))
                 .unwrap()
                 .await
                 .unwrap();
