@@ -120,6 +120,16 @@ impl Reason {
     }
 }
 
+/// What goes into one end-entity certificate.
+struct LeafSpec<'a> {
+    role: Role,
+    dns: &'a [String],
+    ips: &'a [IpAddr],
+    node_id: Option<NodeId>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
 /// The deployment CA.
 pub struct Ca {
     dir: PathBuf,
@@ -384,17 +394,15 @@ impl Ca {
             .ok_or(PkiError::NoSuchSerial(serial))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn leaf_params(
-        &self,
-        role: Role,
-        dns: &[String],
-        ips: &[IpAddr],
-        node_id: Option<NodeId>,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-        serial: SerialNumber,
-    ) -> Result<CertificateParams> {
+    fn leaf_params(&self, spec: &LeafSpec<'_>, serial: SerialNumber) -> Result<CertificateParams> {
+        let LeafSpec {
+            role,
+            dns,
+            ips,
+            node_id,
+            not_before,
+            not_after,
+        } = *spec;
         if dns.is_empty() {
             return Err(PkiError::NoNames { role: role.name() });
         }
@@ -450,15 +458,9 @@ impl Ca {
     }
 
     /// Issue with a fresh key (the CA generates it) or for a CSR's public key.
-    #[allow(clippy::too_many_arguments)]
     fn issue(
         &mut self,
-        role: Role,
-        dns: &[String],
-        ips: &[IpAddr],
-        node_id: Option<NodeId>,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
+        spec: LeafSpec<'_>,
         csr: Option<CertificateSigningRequestParams>,
     ) -> Result<IssuedCert> {
         let _lock = self.lock()?;
@@ -470,7 +472,7 @@ impl Ca {
             }
         };
         let serial_text = serial_hex(&serial.to_bytes());
-        let params = self.leaf_params(role, dns, ips, node_id, not_before, not_after, serial)?;
+        let params = self.leaf_params(&spec, serial)?;
         let issuer = self.issuer()?;
         let (cert, key_pem) = match csr {
             Some(mut csrp) => {
@@ -485,11 +487,11 @@ impl Ca {
         };
         index.push(IssuedRecord {
             serial: serial_text.clone(),
-            role,
-            names: dns.to_vec(),
-            node_id,
-            not_before: not_before.unix_timestamp(),
-            not_after: not_after.unix_timestamp(),
+            role: spec.role,
+            names: spec.dns.to_vec(),
+            node_id: spec.node_id,
+            not_before: spec.not_before.unix_timestamp(),
+            not_after: spec.not_after.unix_timestamp(),
             revoked_at: None,
             reason: None,
         });
@@ -499,7 +501,7 @@ impl Ca {
             cert_der: cert.der().as_ref().to_vec(),
             cert_pem: cert.pem(),
             key_pem,
-            not_after: not_after.unix_timestamp(),
+            not_after: spec.not_after.unix_timestamp(),
         })
     }
 
@@ -516,8 +518,18 @@ impl Ca {
                 "use issue_node (or `--role node --fqdn`) for node certificates".into(),
             ));
         }
-        let (a, b) = Self::validity(days)?;
-        self.issue(role, dns, ips, None, a, b, None)
+        let (not_before, not_after) = Self::validity(days)?;
+        self.issue(
+            LeafSpec {
+                role,
+                dns,
+                ips,
+                node_id: None,
+                not_before,
+                not_after,
+            },
+            None,
+        )
     }
 
     /// A node certificate with a key the CA generates (for operators; enrollment
@@ -543,12 +555,7 @@ impl Ca {
     ) -> Result<IssuedCert> {
         fqdn.require_below(&self.domain)?;
         self.issue(
-            Role::Node,
-            &[fqdn.to_string()],
-            &[],
-            node_id,
-            not_before,
-            not_after,
+            Self::node_spec(&[fqdn.to_string()], node_id, not_before, not_after),
             None,
         )
     }
@@ -567,14 +574,25 @@ impl Ca {
         let csr = parse_csr(csr_der)?;
         let (a, b) = Self::validity(days)?;
         self.issue(
-            Role::Node,
-            &[fqdn.to_string()],
-            &[],
-            node_id,
-            a,
-            b,
+            Self::node_spec(&[fqdn.to_string()], node_id, a, b),
             Some(csr),
         )
+    }
+
+    fn node_spec(
+        dns: &[String],
+        node_id: Option<NodeId>,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> LeafSpec<'_> {
+        LeafSpec {
+            role: Role::Node,
+            dns,
+            ips: &[],
+            node_id,
+            not_before,
+            not_after,
+        }
     }
 
     /// Revoke a certificate and re-sign the CRL.

@@ -223,7 +223,7 @@ impl AsService {
                 DeviceKind::GeneralNode { mac, .. } => Some(GeneralNode {
                     fqdn: d.fqdn,
                     device_id: d.device_id.as_str().to_owned(),
-                    mac: cyphonic_proto::body::MacAddr(mac.0),
+                    mac,
                     auth_type: AuthType::Certificate,
                     virtual_ipv4: d.virtual_ipv4,
                     virtual_ipv6: d.virtual_ipv6,

@@ -46,9 +46,7 @@ async fn online(
 
 #[tokio::test]
 async fn enroll_login_register_and_survive_a_restart() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let port = cloud.local_addr.port();
     let token = add(&cloud, "n1").await;
     let mut n = TestNode::new("n1", lo(1), cloud.local_addr, &dir);
@@ -113,9 +111,7 @@ async fn enroll_login_register_and_survive_a_restart() {
 
 #[tokio::test]
 async fn enrollment_refusals() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let token = add(&cloud, "n1").await;
     let _other = add(&cloud, "n2").await;
     let mut n = TestNode::new("n1", lo(1), cloud.local_addr, &dir);
@@ -173,9 +169,7 @@ async fn enrollment_refusals() {
 
 #[tokio::test]
 async fn login_and_registration_refusals() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let n1 = online(&cloud, &dir, "n1", 1, None).await;
 
     // A certificate from the CA for a name that is no device: login refused.
@@ -241,9 +235,7 @@ async fn login_and_registration_refusals() {
 
 #[tokio::test]
 async fn malformed_messages_get_a_flag_and_the_connection_survives() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let n = online(&cloud, &dir, "n1", 1, None).await;
     let garbage: [&[u8]; 3] = [
         // A header claiming version 9.
@@ -291,9 +283,7 @@ async fn malformed_messages_get_a_flag_and_the_connection_survives() {
 
 #[tokio::test]
 async fn direction_code_1_direct_and_refusals() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let a = online(&cloud, &dir, "a", 1, None).await;
     let mut b = online(&cloud, &dir, "b", 2, None).await;
 
@@ -344,9 +334,7 @@ async fn direction_code_1_direct_and_refusals() {
 
 #[tokio::test]
 async fn direction_code_2_responder_behind_nat_dials_the_initiator() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let mut a = online(&cloud, &dir, "a", 1, None).await;
     let mut b = online(&cloud, &dir, "b", 2, Some("192.0.2.20:443")).await;
     let r = a.direction_to(&b).await;
@@ -369,9 +357,7 @@ async fn direction_code_2_responder_behind_nat_dials_the_initiator() {
 
 #[tokio::test]
 async fn direction_code_4_same_nat_dials_the_private_address() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     // Both observed at 127.0.0.1 but reporting private addresses: one NAT.
     let a = online(&cloud, &dir, "a", 1, Some("192.0.2.10:443")).await;
     let b = online(&cloud, &dir, "b", 1, Some("192.0.2.11:443")).await;
@@ -388,9 +374,7 @@ async fn direction_code_4_same_nat_dials_the_private_address() {
 
 #[tokio::test]
 async fn relay_by_connection_id_forwards_unchanged_and_only_for_bound_pairs() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let trs = cloud.trs.clone().unwrap();
     // Behind two different NATs: observed at 127.0.0.2 / .3, reporting private addresses.
     let a = online(&cloud, &dir, "a", 2, Some("192.0.2.10:443")).await;
@@ -484,9 +468,7 @@ async fn relay_by_connection_id_forwards_unchanged_and_only_for_bound_pairs() {
 
 #[tokio::test]
 async fn location_update_and_finalization_reach_the_peer() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = state_dir(&t);
-    let cloud = start_cloud(&dir).await;
+    let (_t, dir, cloud) = fresh_cloud().await;
     let mut a = online(&cloud, &dir, "a", 1, None).await;
     let mut b = online(&cloud, &dir, "b", 2, None).await;
     assert_eq!(a.direction_to(&b).await.flag, Flag::Ok);

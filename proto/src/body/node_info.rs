@@ -42,10 +42,11 @@ impl FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || MacAddrParseError(s.to_owned());
         let mut out = [0u8; 6];
-        let mut parts = s.split([':', '-']);
+        let sep = if s.contains('-') { '-' } else { ':' };
+        let mut parts = s.split(sep);
         for o in out.iter_mut() {
             let p = parts.next().ok_or_else(err)?;
-            if p.len() != 2 {
+            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *o = u8::from_str_radix(p, 16).map_err(|_| err())?;
@@ -167,5 +168,27 @@ impl NodeInformation {
             general_nodes.push(GeneralNode::decode(r)?);
         }
         Ok(NodeInformation { general_nodes })
+    }
+}
+
+#[cfg(test)]
+mod mac_tests {
+    use super::MacAddr;
+
+    #[test]
+    fn mac_text_must_be_hex_octets() {
+        assert_eq!(
+            "02:ab:CD:00:11:ff".parse::<MacAddr>().unwrap().to_string(),
+            "02:ab:cd:00:11:ff"
+        );
+        for bad in [
+            "+f:00:00:00:00:00",
+            "02:ab:cd:00:11",
+            "02:ab:cd:00:11:ff:00",
+            "0g:00:00:00:00:00",
+            "",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
+        }
     }
 }

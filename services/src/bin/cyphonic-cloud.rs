@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cyphonic_proto::Fqdn;
 use cyphonic_services::config::{CloudConfig, Role};
-use cyphonic_services::store::{Device, DeviceId, DeviceKind, DeviceStatus, MacAddr, NewDevice};
+use cyphonic_services::store::{parse_mac, Device, DeviceId, DeviceKind, DeviceStatus, NewDevice};
 
 const DEFAULT_CONFIG: &str = "/etc/cyphonic/cloud.toml";
 const UP_STATE_DIR: &str = ".cyphonic-run";
@@ -267,7 +267,7 @@ async fn device(cli: &Cli, cmd: &DeviceCommand) -> Result<()> {
             let id = DeviceId::new(&a.name)?;
             let mut new = match (&a.adapter, &a.mac) {
                 (Some(adapter), Some(mac)) => {
-                    NewDevice::general_node(id, adapter.clone(), MacAddr::new(mac)?)
+                    NewDevice::general_node(id, adapter.clone(), parse_mac(mac)?)
                 }
                 _ => NewDevice::node(id),
             };

@@ -73,54 +73,17 @@ impl fmt::Debug for DeviceId {
     }
 }
 
-/// A general node's Ethernet address, printed as `aa:bb:cc:dd:ee:ff`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
+pub use cyphonic_proto::body::MacAddr;
 
-impl MacAddr {
-    /// Parse `aa:bb:cc:dd:ee:ff` or `AA-BB-CC-DD-EE-FF`. A device's MAC is a unicast
-    /// address: multicast, broadcast and all-zero addresses are refused.
-    pub fn new(text: &str) -> Result<Self> {
-        let bad = || StoreError::InvalidMac(text.to_owned());
-        let sep = if text.contains('-') { '-' } else { ':' };
-        let mut octets = [0u8; 6];
-        let mut parts = text.split(sep);
-        for o in &mut octets {
-            let part = parts.next().ok_or_else(bad)?;
-            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            *o = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() || octets[0] & 1 == 1 || octets == [0; 6] {
-            return Err(bad());
-        }
-        Ok(MacAddr(octets))
+/// Parse a general node's MAC (`aa:bb:cc:dd:ee:ff` or `AA-BB-CC-DD-EE-FF`). A
+/// device's MAC is a unicast address: multicast, broadcast and all-zero are refused.
+pub fn parse_mac(text: &str) -> Result<MacAddr> {
+    let bad = || StoreError::InvalidMac(text.to_owned());
+    let m: MacAddr = text.parse().map_err(|_| bad())?;
+    if m.0[0] & 1 == 1 || m.0 == [0; 6] {
+        return Err(bad());
     }
-}
-
-impl FromStr for MacAddr {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        MacAddr::new(s)
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            o[0], o[1], o[2], o[3], o[4], o[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacAddr({self})")
-    }
+    Ok(m)
 }
 
 /// What a device is (SPEC §1).
@@ -184,7 +147,7 @@ impl Device {
             ("node", None, None) => DeviceKind::Node,
             ("general_node", Some(adapter), Some(mac)) => DeviceKind::GeneralNode {
                 adapter: Fqdn::new(&adapter).map_err(|_| corrupt("adapter FQDN", &adapter))?,
-                mac: MacAddr::new(&mac).map_err(|_| corrupt("MAC address", &mac))?,
+                mac: parse_mac(&mac).map_err(|_| corrupt("MAC address", &mac))?,
             },
             _ => return Err(corrupt("device kind", &kind)),
         };
@@ -521,9 +484,9 @@ mod tests {
 
     #[test]
     fn macs() {
-        let m = MacAddr::new("02-AB-cd-00-11-ff").unwrap();
+        let m = parse_mac("02-AB-cd-00-11-ff").unwrap();
         assert_eq!(m.to_string(), "02:ab:cd:00:11:ff");
-        assert_eq!(MacAddr::new("02:ab:cd:00:11:ff").unwrap(), m);
+        assert_eq!(parse_mac("02:ab:cd:00:11:ff").unwrap(), m);
         for bad in [
             "",
             "02:ab:cd:00:11",
@@ -536,7 +499,7 @@ mod tests {
             "02:ab-cd:00:11:ff",
             "02:+b:cd:00:11:ff",
         ] {
-            assert!(MacAddr::new(bad).is_err(), "{bad:?}");
+            assert!(parse_mac(bad).is_err(), "{bad:?}");
         }
     }
 }

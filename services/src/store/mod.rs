@@ -34,7 +34,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Transaction};
 
 pub use certificate::{canonical_serial, CertificateRecord};
 pub use deployment::{Deployment, DeploymentSettings, DEFAULT_IPV4_PREFIX, DEFAULT_OVERLAY_DOMAIN};
-pub use device::{Device, DeviceId, DeviceKind, DeviceStatus, MacAddr, NewDevice};
+pub use device::{parse_mac, Device, DeviceId, DeviceKind, DeviceStatus, MacAddr, NewDevice};
 pub use enrollment::{EnrollmentToken, DEFAULT_ENROLLMENT_TTL};
 pub use error::{SettingDifference, StoreError, TokenError};
 pub use prefix::{Ipv4Prefix, Ipv6Prefix, PrefixError};

@@ -54,6 +54,14 @@ pub async fn start_cloud(dir: &Path) -> Cloud {
         .unwrap()
 }
 
+/// A new deployment in a temporary directory, serving on loopback.
+pub async fn fresh_cloud() -> (tempfile::TempDir, PathBuf, Cloud) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = state_dir(&t);
+    let cloud = start_cloud(&dir).await;
+    (t, dir, cloud)
+}
+
 /// Every datagram a node's socket sent and received, for byte-identity checks.
 #[derive(Debug, Default)]
 pub struct Recorder {

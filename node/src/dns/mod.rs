@@ -1,0 +1,1 @@
+//! Overlay DNS (being written).

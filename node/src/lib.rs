@@ -1,0 +1,3 @@
+//! The CYPHONIC node: the host side of SPEC §6.
+
+pub mod dns;
