@@ -9,6 +9,7 @@ pub mod ca;
 pub mod error;
 pub mod identity;
 pub mod quic;
+pub mod rpc;
 pub mod tls;
 
 pub use ca::{check_csr, generate_csr, write_private_key, Ca, IssuedCert, IssuedRecord, Reason};

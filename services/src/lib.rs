@@ -5,6 +5,6 @@ pub mod cloud;
 pub mod config;
 pub mod identity;
 pub mod nms;
-pub mod rpc;
+pub use cyphonic_pki::rpc;
 pub mod store;
 pub mod trs;

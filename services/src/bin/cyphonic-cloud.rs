@@ -110,6 +110,9 @@ struct AddArgs {
     /// Enrollment token lifetime in hours.
     #[arg(long)]
     hours: Option<u64>,
+    /// Print the device and its token as JSON (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 fn load_config(cli: &Cli) -> Result<CloudConfig> {
@@ -274,6 +277,12 @@ async fn device(cli: &Cli, cmd: &DeviceCommand) -> Result<()> {
             new.ipv6_enabled = !a.no_ipv6;
             new.token_ttl = hours(a.hours);
             let (d, token) = store.add_device(new).await?;
+            if a.json {
+                let mut v = device_json(&d);
+                v["enrollment_token"] = serde_json::Value::String(token.secret.clone());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             print_device(&d);
             println!();
             println!(

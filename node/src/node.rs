@@ -1,0 +1,873 @@
+//! One node identity on an endpoint: its standing NMS connection, the routes it sets
+//! up (SPEC §6 Route selection, Tunnel), and its data plane (Capsule Messages in QUIC
+//! DATAGRAMs between the TUN and each peer's connection).
+//!
+//! Route setup is triggered by a DNS query for a peer FQDN ([`Node::connect`]) or by a
+//! packet to a virtual address with no path ([`Node::send_packet`]). The initiator
+//! sends a Direction Request; NMS answers with a Process Code and the node dials (1,
+//! 4), waits for the responder to dial (2), or dials through the TRS (3). A responder
+//! learns of a path from the Route Direction NMS pushes, and accepts a peer connection
+//! only for a path NMS named, from the FQDN NMS named.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use bytes::BytesMut;
+use cyphonic_pki::rpc::{self, refusal};
+use cyphonic_pki::{Credentials, PeerIdentity, Role};
+use cyphonic_proto::body::{DirectionRequest, DirectionTarget, ProcessCode, RouteDirection};
+use cyphonic_proto::framing::{read_message, write_message};
+use cyphonic_proto::{
+    encode_capsule_into, ApplicationId, Body, CapsuleRef, Flag, Fqdn, Message, PathId, RelayToken,
+    CAPSULE_OVERHEAD,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::cloud::{self, LoginInfo, CLOUD_TIMEOUT};
+use crate::endpoint::{AcceptPeer, NodeEndpoint};
+use crate::packet::{self, IcmpError};
+use crate::peers::{Expected, PathKind, PeerInfo, PeerLink, PeerTable};
+
+/// Where packets from peers go (the TUN, or an adapter's LAN side).
+pub trait PacketSink: Send + Sync + 'static {
+    /// Deliver one IP packet; may drop it when the device is congested.
+    fn deliver(&self, packet: &[u8]);
+}
+
+/// Why a route could not be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("no such node")]
+    NoSuchName,
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Settings of one node identity.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub cloud: SocketAddr,
+    pub domain: Fqdn,
+    pub setup_timeout: Duration,
+    pub idle: Duration,
+    /// The overlay prefixes: packets to anything else are not ours.
+    pub ipv4_prefix: (Ipv4Addr, u8),
+    pub ipv6_prefix: (Ipv6Addr, u8),
+}
+
+/// The cloud connection as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CloudStatus {
+    pub as_address: Option<SocketAddr>,
+    pub nms_address: Option<SocketAddr>,
+    pub connected: bool,
+    /// Unix seconds of the last (re)registration or disconnection.
+    pub since_unix: u64,
+    pub observed: Option<SocketAddr>,
+    pub nat: Option<bool>,
+    pub last_error: Option<String>,
+    pub registrations: u64,
+}
+
+/// Packets waiting for a route, per destination.
+struct Pending {
+    packets: VecDeque<Vec<u8>>,
+    started: Instant,
+}
+
+const PENDING_MAX_PACKETS: usize = 32;
+/// After a failed route setup, packets to that address are answered with ICMP
+/// unreachable for this long instead of asking NMS again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(3);
+/// How long a Route Direction to Responder lets the initiator dial.
+const EXPECT_TTL: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    pub ep: Arc<NodeEndpoint>,
+    creds: Credentials,
+    pub me: LoginInfo,
+    pub settings: NodeSettings,
+    pub peers: PeerTable,
+    sink: Arc<dyn PacketSink>,
+    nms: tokio::sync::watch::Sender<Option<quinn::Connection>>,
+    cloud_status: Mutex<CloudStatus>,
+    /// One route setup per target at a time.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pending: Mutex<HashMap<IpAddr, Pending>>,
+    negative: Mutex<HashMap<IpAddr, Instant>>,
+    trs: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    seq: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn in_prefix(a: IpAddr, v4: (Ipv4Addr, u8), v6: (Ipv6Addr, u8)) -> bool {
+    match a {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(v4.1)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(v4.0) & mask
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(v6.1)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(v6.0) & mask
+        }
+    }
+}
+
+fn peer_of(end: &cyphonic_proto::PathEnd) -> PeerInfo {
+    PeerInfo {
+        fqdn: end.fqdn.clone(),
+        virtual_ipv4: end.virtual_ipv4,
+        virtual_ipv6: end.virtual_ipv6,
+    }
+}
+
+fn kind_of(code: ProcessCode) -> PathKind {
+    match code {
+        ProcessCode::InitiatorDials | ProcessCode::ResponderDials => PathKind::Direct,
+        ProcessCode::SameNat => PathKind::Lan,
+        ProcessCode::ViaTrs => PathKind::Relayed,
+    }
+}
+
+/// The TRS address of a Route Direction, in the family we reach the cloud over.
+fn trs_address(rd: &RouteDirection, prefer_v6: bool) -> Option<SocketAddr> {
+    let v4 = rd.trs_ipv4.map(|a| SocketAddr::new(a.into(), rd.trs_port));
+    let v6 = rd.trs_ipv6.map(|a| SocketAddr::new(a.into(), rd.trs_port));
+    if prefer_v6 {
+        v6.or(v4)
+    } else {
+        v4.or(v6)
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Option<PeerIdentity> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    PeerIdentity::from_der(certs.first()?).ok()
+}
+
+impl Node {
+    pub fn new(
+        ep: Arc<NodeEndpoint>,
+        creds: Credentials,
+        me: LoginInfo,
+        settings: NodeSettings,
+        sink: Arc<dyn PacketSink>,
+    ) -> Arc<Node> {
+        let (nms, _) = tokio::sync::watch::channel(None);
+        let status = CloudStatus {
+            as_address: Some(settings.cloud),
+            nms_address: Some(me.nms),
+            ..Default::default()
+        };
+        Arc::new(Node {
+            ep,
+            creds,
+            me,
+            settings,
+            peers: PeerTable::default(),
+            sink,
+            nms,
+            cloud_status: Mutex::new(status),
+            inflight: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            negative: Mutex::new(HashMap::new()),
+            trs: tokio::sync::Mutex::new(HashMap::new()),
+            seq: AtomicU32::new(0),
+        })
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    pub fn cloud_status(&self) -> CloudStatus {
+        lock(&self.cloud_status).clone()
+    }
+
+    fn nms_connection(&self) -> Option<quinn::Connection> {
+        self.nms
+            .borrow()
+            .clone()
+            .filter(|c| c.close_reason().is_none())
+    }
+
+    /// Wait until the node is registered with NMS (for start-up ordering).
+    pub async fn wait_registered(&self, timeout: Duration) -> bool {
+        let mut rx = self.nms.subscribe();
+        let registered = tokio::time::timeout(timeout, rx.wait_for(|c| c.is_some()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        registered
+    }
+
+    // ----- the standing NMS connection -------------------------------------------
+
+    /// Keep a registered NMS connection, reconnecting with backoff, until the task is
+    /// aborted.
+    pub async fn run_cloud(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.clone().cloud_session().await {
+                Ok(()) => backoff = Duration::from_millis(500),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cloud connection failed");
+                    let mut s = lock(&self.cloud_status);
+                    s.last_error = Some(format!("{e:#}"));
+                }
+            }
+            self.nms.send_replace(None);
+            {
+                let mut s = lock(&self.cloud_status);
+                s.connected = false;
+                s.since_unix = unix_now();
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(15));
+        }
+    }
+
+    async fn cloud_session(self: Arc<Self>) -> Result<()> {
+        let nms = self.me.nms;
+        let conn = self
+            .ep
+            .connect_service(Some(&self.creds), Role::Nms, nms, &self.settings.domain)
+            .await?;
+        let serving = conn.clone();
+        let me = self.clone();
+        let pushes = tokio::spawn(rpc::serve(serving, move |m: Message| {
+            let me = me.clone();
+            async move { Some(me.handle_push(m).await) }
+        }));
+        let request = cloud::registration(&self.ep, self.me.node_id, nms);
+        let reg = match cloud::register(&conn, &request).await {
+            Ok(r) => r,
+            Err(e) => {
+                pushes.abort();
+                conn.close(quinn::VarInt::from_u32(0), b"registration failed");
+                return Err(e);
+            }
+        };
+        tracing::info!(fqdn = %self.me.fqdn, nms = %nms, observed = ?reg.observed, nat = reg.nat,
+            "registered with NMS");
+        {
+            let mut s = lock(&self.cloud_status);
+            s.connected = true;
+            s.since_unix = unix_now();
+            s.observed = reg.observed;
+            s.nat = Some(reg.nat);
+            s.last_error = None;
+            s.registrations += 1;
+        }
+        self.nms.send_replace(Some(conn.clone()));
+        let reason = conn.closed().await;
+        pushes.abort();
+        tracing::warn!(reason = %reason, "NMS connection closed; reconnecting");
+        Ok(())
+    }
+
+    /// Finalization (SPEC §6 Shutdown), best effort within `timeout`.
+    pub async fn finalize(&self, timeout: Duration) {
+        if let Some(conn) = self.nms_connection() {
+            let m = Message::request(Body::Finalization).with_node_id(self.me.node_id);
+            match rpc::transact(&conn, &m, timeout).await {
+                Ok(_) => tracing::info!("finalized with NMS"),
+                Err(e) => tracing::warn!(error = %e, "finalization not acknowledged"),
+            }
+            conn.close(quinn::VarInt::from_u32(0), b"finalized");
+        }
+        for link in self.peers.links() {
+            link.conn
+                .close(quinn::VarInt::from_u32(0), b"node shutting down");
+        }
+    }
+
+    async fn handle_push(self: &Arc<Self>, m: Message) -> Message {
+        match &m.body {
+            Body::RouteDirectionToResponder(rd) => self.route_direction_to_responder(&m, rd).await,
+            Body::LocationUpdate(u) => {
+                tracing::info!(path = %u.path_id, nat_ipv4 = ?u.nat_ipv4, nat_ipv6 = ?u.nat_ipv6,
+                    port = u.nat_port, "peer moved (Location Update)");
+                Message::response_to(&m, Flag::Ok, Body::Ack)
+            }
+            Body::Finalization => {
+                let path = m.path_id();
+                for link in self.peers.finalize(&path) {
+                    tracing::info!(peer = %link.peer.fqdn, "peer left (Finalization): closing its tunnel");
+                    link.conn
+                        .close(quinn::VarInt::from_u32(0), b"peer finalized");
+                }
+                Message::response_to(&m, Flag::Ok, Body::Ack)
+            }
+            Body::KeepAlive => Message::response_to(&m, Flag::Ok, Body::KeepAliveAck),
+            other => {
+                tracing::debug!(message = ?other.message_type(), "unexpected push from NMS");
+                refusal(&m, Flag::Malformed)
+            }
+        }
+    }
+
+    async fn route_direction_to_responder(
+        self: &Arc<Self>,
+        m: &Message,
+        rd: &RouteDirection,
+    ) -> Message {
+        let peer = peer_of(&rd.initiator);
+        let kind = kind_of(rd.process_code);
+        tracing::info!(initiator = %peer.fqdn, path = %rd.path_id, code = rd.process_code as u8,
+            "Route Direction to Responder: {kind} path");
+        // The initiator has no tunnel to us, or it would not ask: a link we still hold
+        // is dead on its side.
+        if let Some(old) = self.peers.by_fqdn(&peer.fqdn) {
+            if self.peers.remove(&old) {
+                old.conn
+                    .close(quinn::VarInt::from_u32(0), b"superseded by a new direction");
+            }
+        }
+        self.peers.expect(
+            rd.path_id,
+            Expected {
+                peer: peer.clone(),
+                kind,
+                until: Instant::now() + EXPECT_TTL,
+            },
+        );
+        match rd.process_code {
+            ProcessCode::ViaTrs => {
+                let prefer_v6 = self.me.nms.is_ipv6();
+                let Some(trs) = trs_address(rd, prefer_v6) else {
+                    return refusal(m, Flag::PeerUnreachable);
+                };
+                if let Err(e) = self.ensure_trs(trs).await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot reach the TRS");
+                    return refusal(m, Flag::PeerUnreachable);
+                }
+            }
+            ProcessCode::ResponderDials => {
+                let Some(&dial) = m.candidates().first() else {
+                    return refusal(m, Flag::Malformed);
+                };
+                let me = self.clone();
+                let path = rd.path_id;
+                tokio::spawn(async move {
+                    // NMS answers the initiator after our confirmation; give it a moment.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Err(e) = me.dial(dial, peer, path, PathKind::Direct, None).await {
+                        tracing::warn!(error = %format!("{e:#}"), %dial, "dialing the initiator failed");
+                    }
+                });
+            }
+            ProcessCode::InitiatorDials | ProcessCode::SameNat => {}
+        }
+        let mut r = Message::response_to(m, Flag::Ok, Body::RouteDirectionConfirmation(rd.clone()));
+        r.extensions = m.extensions.clone();
+        r
+    }
+
+    /// A control connection to a TRS, so it knows our observed address (SPEC §7).
+    async fn ensure_trs(&self, addr: SocketAddr) -> Result<()> {
+        let mut g = self.trs.lock().await;
+        if let Some(c) = g.get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(());
+            }
+        }
+        let c = self
+            .ep
+            .connect_service(Some(&self.creds), Role::Trs, addr, &self.settings.domain)
+            .await?;
+        // The TRS learns our address from the handshake; a round trip makes sure it
+        // has finished on its side too.
+        let _ = tokio::time::timeout(Duration::from_millis(500), c.open_bi()).await;
+        tracing::info!(trs = %addr, "TRS control connection up");
+        g.insert(addr, c);
+        Ok(())
+    }
+
+    // ----- route setup (initiator) ------------------------------------------------
+
+    fn lookup(&self, target: &DirectionTarget) -> Option<Arc<PeerLink>> {
+        let l = match target {
+            DirectionTarget::Fqdn(f) => self.peers.by_fqdn(f),
+            DirectionTarget::VirtualIpv4(a) => self.peers.route(IpAddr::V4(*a)),
+            DirectionTarget::VirtualIpv6(a) => self.peers.route(IpAddr::V6(*a)),
+        }?;
+        l.is_alive().then_some(l)
+    }
+
+    /// A tunnel to `target`, set up if needed (SPEC §6). Concurrent calls for one
+    /// target share one setup.
+    pub async fn connect(
+        self: &Arc<Self>,
+        target: DirectionTarget,
+    ) -> Result<Arc<PeerLink>, RouteError> {
+        if let Some(l) = self.lookup(&target) {
+            return Ok(l);
+        }
+        let key = target.to_text();
+        let gate = lock(&self.inflight).entry(key.clone()).or_default().clone();
+        let result = {
+            let _g = gate.lock().await;
+            match self.lookup(&target) {
+                Some(l) => Ok(l),
+                None => {
+                    tokio::time::timeout(self.settings.setup_timeout, self.setup(target.clone()))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(RouteError::Unreachable(format!(
+                                "path setup took longer than {:?}",
+                                self.settings.setup_timeout
+                            )))
+                        })
+                }
+            }
+        };
+        let mut inflight = lock(&self.inflight);
+        if Arc::strong_count(&gate) <= 2 {
+            inflight.remove(&key);
+        }
+        result
+    }
+
+    async fn setup(self: &Arc<Self>, target: DirectionTarget) -> Result<Arc<PeerLink>, RouteError> {
+        let Some(nms) = self.nms_connection() else {
+            return Err(RouteError::Unreachable(
+                "not registered with NMS (cloud unreachable)".into(),
+            ));
+        };
+        let text = target.to_text();
+        let req = Message::request(Body::DirectionRequest(DirectionRequest {
+            application_id: ApplicationId::ZERO,
+            path_id: PathId::ZERO,
+            target,
+        }))
+        .with_node_id(self.me.node_id);
+        let resp = rpc::transact(&nms, &req, CLOUD_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                rpc::TransactError::Refused(Flag::NoSuchName) => RouteError::NoSuchName,
+                e => RouteError::Unreachable(format!("Direction Request: {e}")),
+            })?;
+        let rd = match (resp.flag, &resp.body) {
+            (Flag::Ok, Body::RouteDirectionToInitiator(rd)) => rd.clone(),
+            (Flag::NoSuchName, _) => return Err(RouteError::NoSuchName),
+            (flag, _) => {
+                tracing::info!(target = %text, ?flag, "NMS gave no route");
+                return Err(RouteError::Unreachable(format!(
+                    "NMS refused the direction: {flag:?}"
+                )));
+            }
+        };
+        let peer = peer_of(&rd.responder);
+        let kind = kind_of(rd.process_code);
+        tracing::info!(responder = %peer.fqdn, path = %rd.path_id, code = rd.process_code as u8,
+            "Route Direction to Initiator: {kind} path");
+        self.peers.expect(
+            rd.path_id,
+            Expected {
+                peer: peer.clone(),
+                kind,
+                until: Instant::now() + EXPECT_TTL,
+            },
+        );
+        let r = match rd.process_code {
+            ProcessCode::InitiatorDials | ProcessCode::SameNat => {
+                let dial = *resp.candidates().first().ok_or_else(|| {
+                    RouteError::Unreachable("Route Direction without an address".into())
+                })?;
+                self.dial(dial, peer, rd.path_id, kind, None).await
+            }
+            ProcessCode::ResponderDials => self.wait_for_peer(&peer.fqdn).await,
+            ProcessCode::ViaTrs => {
+                let tokens = resp.relay().ok_or_else(|| {
+                    RouteError::Unreachable("relayed Route Direction without relay tokens".into())
+                })?;
+                let trs = trs_address(&rd, self.me.nms.is_ipv6()).ok_or_else(|| {
+                    RouteError::Unreachable("relayed Route Direction without a TRS address".into())
+                })?;
+                match self.ensure_trs(trs).await {
+                    Ok(()) => {
+                        self.dial(trs, peer, rd.path_id, kind, Some(tokens.responder))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        r.map_err(|e| RouteError::Unreachable(format!("{e:#}")))
+    }
+
+    async fn wait_for_peer(&self, fqdn: &Fqdn) -> Result<Arc<PeerLink>> {
+        loop {
+            let notified = self.peers.changed.notified();
+            if let Some(l) = self.peers.by_fqdn(fqdn).filter(|l| l.is_alive()) {
+                return Ok(l);
+            }
+            notified.await;
+        }
+    }
+
+    /// Dial a peer and run Tunnel Request/Response (SPEC §6 Tunnel).
+    async fn dial(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        peer: PeerInfo,
+        path: PathId,
+        kind: PathKind,
+        via: Option<RelayToken>,
+    ) -> Result<Arc<PeerLink>> {
+        let conn = self
+            .ep
+            .dial_peer(&self.creds, addr, &peer.fqdn, via)
+            .await?;
+        let id = peer_identity(&conn).context("peer presented no certificate")?;
+        if id.name != peer.fqdn {
+            conn.close(quinn::VarInt::from_u32(33), b"wrong peer");
+            return Err(anyhow!(
+                "peer at {addr} is {} but NMS named {}",
+                id.name,
+                peer.fqdn
+            ));
+        }
+        let req = Message::request(Body::TunnelRequest).with_path_id(path);
+        let resp = rpc::transact(&conn, &req, CLOUD_TIMEOUT)
+            .await
+            .map_err(|e| anyhow!("Tunnel Request to {} refused: {e}", peer.fqdn))?;
+        if resp.flag != Flag::Ok || !matches!(resp.body, Body::TunnelResponse) {
+            conn.close(quinn::VarInt::from_u32(0), b"tunnel refused");
+            return Err(anyhow!("{} refused the tunnel: {:?}", peer.fqdn, resp.flag));
+        }
+        let link = Arc::new(PeerLink::new(peer, path, kind, conn, true, id.node_id));
+        Ok(self.clone().activate(link))
+    }
+
+    /// Install a link and start its receive loop; flush packets that waited for it.
+    fn activate(self: Arc<Self>, link: Arc<PeerLink>) -> Arc<PeerLink> {
+        let (current, displaced) = self.peers.install(link.clone(), self.me.node_id);
+        if let Some(old) = displaced {
+            // One connection per pair: close the other after a short drain.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                old.conn
+                    .close(quinn::VarInt::from_u32(0), b"duplicate connection");
+            });
+        }
+        if !Arc::ptr_eq(&current, &link) {
+            return current;
+        }
+        link.touch();
+        tracing::info!(peer = %link.peer.fqdn, path = %link.kind, remote = %link.conn.remote_address(),
+            dialed = link.dialed, max_datagram = ?link.conn.max_datagram_size(), "tunnel up");
+        tokio::spawn(self.clone().receive_loop(link.clone()));
+        tokio::spawn(rpc::serve(link.conn.clone(), |m: Message| async move {
+            Some(match m.body {
+                Body::KeepAlive => Message::response_to(&m, Flag::Ok, Body::KeepAliveAck),
+                Body::HolePunching => Message::response_to(&m, Flag::Optimization, Body::Ack),
+                _ => refusal(&m, Flag::Malformed),
+            })
+        }));
+        self.flush_pending(&link);
+        link
+    }
+
+    fn flush_pending(&self, link: &Arc<PeerLink>) {
+        let waiting: Vec<Vec<u8>> = {
+            let mut p = lock(&self.pending);
+            let mut out = Vec::new();
+            for a in [
+                IpAddr::V4(link.peer.virtual_ipv4),
+                IpAddr::V6(link.peer.virtual_ipv6),
+            ] {
+                if let Some(q) = p.remove(&a) {
+                    out.extend(q.packets);
+                }
+            }
+            out
+        };
+        let mut buf = BytesMut::new();
+        for pkt in waiting {
+            self.send_on(link, &pkt, &mut buf);
+        }
+    }
+
+    async fn receive_loop(self: Arc<Self>, link: Arc<PeerLink>) {
+        let reason = loop {
+            let d = match link.conn.read_datagram().await {
+                Ok(d) => d,
+                Err(e) => break e,
+            };
+            let c = &link.counters;
+            let Ok(cap) = CapsuleRef::decode(&d) else {
+                c.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if cap.path_id != link.path_id {
+                c.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match packet::addresses(cap.payload) {
+                Some((src, _)) if link.owns(src) => {}
+                _ => {
+                    // SPEC §6 Data: only the peer's own virtual address.
+                    if c.spoofed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(peer = %link.peer.fqdn, "dropped a capsule with a spoofed inner source");
+                    }
+                    continue;
+                }
+            }
+            c.rx_packets.fetch_add(1, Ordering::Relaxed);
+            c.rx_bytes
+                .fetch_add(cap.payload.len() as u64, Ordering::Relaxed);
+            link.touch();
+            self.sink.deliver(cap.payload);
+        };
+        if self.peers.remove(&link) {
+            tracing::info!(peer = %link.peer.fqdn, reason = %reason, "tunnel closed");
+        }
+    }
+
+    // ----- accepted peer connections (responder side) ----------------------------
+
+    async fn accept(self: Arc<Self>, conn: quinn::Connection) -> Result<()> {
+        let Some(id) = peer_identity(&conn) else {
+            conn.close(quinn::VarInt::from_u32(33), b"no certificate");
+            return Err(anyhow!("peer connection without a certificate"));
+        };
+        let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
+            .await
+            .context("no Tunnel Request")??;
+        let req = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_message(&mut recv, rpc::MAX_SIGNALING_LEN),
+        )
+        .await
+        .context("Tunnel Request timed out")??;
+        if !matches!(req.body, Body::TunnelRequest) {
+            let _ = write_message(&mut send, &refusal(&req, Flag::Malformed)).await;
+            let _ = send.shutdown().await;
+            conn.close(quinn::VarInt::from_u32(36), b"expected a Tunnel Request");
+            return Err(anyhow!(
+                "first message from {} was not a Tunnel Request",
+                id.name
+            ));
+        }
+        let path = req.path_id();
+        let expected = self
+            .peers
+            .wait_expected(&path, Duration::from_secs(3))
+            .await;
+        let ok = expected.as_ref().is_some_and(|e| e.peer.fqdn == id.name);
+        if !ok {
+            tracing::warn!(peer = %id.name, path = %path,
+                named = ?expected.as_ref().map(|e| e.peer.fqdn.to_string()),
+                "tunnel refused: NMS named no such peer for this path");
+            let _ = write_message(&mut send, &refusal(&req, Flag::Unauthenticated)).await;
+            let _ = send.shutdown().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.close(quinn::VarInt::from_u32(33), b"not the peer NMS named");
+            return Ok(());
+        }
+        let e = expected.expect("checked above");
+        write_message(
+            &mut send,
+            &Message::response_to(&req, Flag::Ok, Body::TunnelResponse),
+        )
+        .await?;
+        let _ = send.shutdown().await;
+        let link = Arc::new(PeerLink::new(e.peer, path, e.kind, conn, false, id.node_id));
+        self.activate(link);
+        Ok(())
+    }
+
+    // ----- data plane: TUN → peer ------------------------------------------------
+
+    fn is_overlay(&self, a: IpAddr) -> bool {
+        in_prefix(a, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
+            && a != IpAddr::V4(self.me.virtual_ipv4)
+            && a != IpAddr::V6(self.me.virtual_ipv6)
+    }
+
+    /// Send a packet read from the TUN to its peer, setting up the route when there
+    /// is none. `buf` is scratch space reused across calls.
+    pub fn send_packet(self: &Arc<Self>, pkt: &[u8], buf: &mut BytesMut) {
+        let Some(dst) = packet::destination(pkt) else {
+            return;
+        };
+        if !self.is_overlay(dst) {
+            return;
+        }
+        if let Some(link) = self.peers.route(dst) {
+            if link.is_alive() {
+                self.send_on(&link, pkt, buf);
+                return;
+            }
+        }
+        self.queue_and_route(dst, pkt);
+    }
+
+    fn send_on(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) {
+        let max = link.conn.max_datagram_size().unwrap_or(0);
+        if CAPSULE_OVERHEAD + pkt.len() > max {
+            self.too_big(link, pkt, max);
+            return;
+        }
+        buf.reserve(CAPSULE_OVERHEAD + pkt.len());
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
+            return;
+        }
+        let d = buf.split().freeze();
+        match link.conn.send_datagram(d) {
+            Ok(()) => {
+                let c = &link.counters;
+                c.tx_packets.fetch_add(1, Ordering::Relaxed);
+                c.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                link.touch();
+            }
+            Err(quinn::SendDatagramError::TooLarge) => self.too_big(link, pkt, max),
+            Err(e) => tracing::debug!(peer = %link.peer.fqdn, error = %e, "datagram not sent"),
+        }
+    }
+
+    /// SPEC §6 Data: a packet too large for the path gets Packet Too Big / Frag Needed.
+    fn too_big(&self, link: &PeerLink, pkt: &[u8], max_datagram: usize) {
+        link.counters.too_big.fetch_add(1, Ordering::Relaxed);
+        let mtu = max_datagram
+            .saturating_sub(CAPSULE_OVERHEAD)
+            .clamp(576, 65535) as u16;
+        let Some((_, dst)) = packet::addresses(pkt) else {
+            return;
+        };
+        if let Some(icmp) = packet::icmp_error(pkt, dst, IcmpError::TooBig { mtu }) {
+            self.sink.deliver(&icmp);
+        }
+    }
+
+    fn queue_and_route(self: &Arc<Self>, dst: IpAddr, pkt: &[u8]) {
+        let now = Instant::now();
+        {
+            let mut neg = lock(&self.negative);
+            if let Some(until) = neg.get(&dst) {
+                if *until > now {
+                    drop(neg);
+                    if let Some(icmp) = packet::icmp_error(pkt, dst, IcmpError::Unreachable) {
+                        self.sink.deliver(&icmp);
+                    }
+                    return;
+                }
+                neg.remove(&dst);
+            }
+        }
+        let start = {
+            let mut p = lock(&self.pending);
+            let entry = p.entry(dst).or_insert_with(|| Pending {
+                packets: VecDeque::new(),
+                started: now,
+            });
+            if entry.packets.len() >= PENDING_MAX_PACKETS {
+                entry.packets.pop_front();
+            }
+            entry.packets.push_back(pkt.to_vec());
+            entry.packets.len() == 1 && entry.started == now
+        };
+        if !start {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let target = match dst {
+                IpAddr::V4(a) => DirectionTarget::VirtualIpv4(a),
+                IpAddr::V6(a) => DirectionTarget::VirtualIpv6(a),
+            };
+            match me.connect(target).await {
+                Ok(link) => me.flush_pending(&link),
+                Err(e) => {
+                    tracing::info!(%dst, error = %e, "no route to overlay address");
+                    lock(&me.negative).insert(dst, Instant::now() + NEGATIVE_TTL);
+                    let dropped = lock(&me.pending).remove(&dst);
+                    if let Some(q) = dropped {
+                        if let Some(first) = q.packets.front() {
+                            if let Some(icmp) =
+                                packet::icmp_error(first, dst, IcmpError::Unreachable)
+                            {
+                                me.sink.deliver(&icmp);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Close idle tunnels (SPEC: idle connections closed) and forget stale pending
+    /// packets. Run every few seconds.
+    pub fn sweep(&self) {
+        for link in self.peers.stale(self.settings.idle) {
+            if self.peers.remove(&link) {
+                tracing::info!(peer = %link.peer.fqdn, idle = ?link.idle_for(), "closing idle tunnel");
+                link.conn.close(quinn::VarInt::from_u32(0), b"idle");
+            }
+        }
+        let now = Instant::now();
+        lock(&self.pending)
+            .retain(|_, p| now.duration_since(p.started) < self.settings.setup_timeout * 2);
+        lock(&self.negative).retain(|_, until| *until > now);
+    }
+}
+
+/// Hands accepted connections to a node (the endpoint holds this, not the node, so
+/// there is no reference cycle keeping a stopped node alive).
+pub struct NodeAcceptor(pub std::sync::Weak<Node>);
+
+impl AcceptPeer for NodeAcceptor {
+    fn accepted(&self, conn: quinn::Connection) {
+        let Some(node) = self.0.upgrade() else {
+            conn.close(quinn::VarInt::from_u32(0), b"node stopped");
+            return;
+        };
+        tokio::spawn(async move {
+            let remote = conn.remote_address();
+            if let Err(e) = node.accept(conn).await {
+                tracing::info!(%remote, error = %format!("{e:#}"), "peer connection refused");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let v4 = (Ipv4Addr::new(100, 64, 0, 0), 10);
+        let v6: (Ipv6Addr, u8) = ("fd12:3456:789a::".parse().unwrap(), 48);
+        assert!(in_prefix("100.64.0.1".parse().unwrap(), v4, v6));
+        assert!(in_prefix("100.127.255.255".parse().unwrap(), v4, v6));
+        assert!(!in_prefix("100.128.0.1".parse().unwrap(), v4, v6));
+        assert!(in_prefix("fd12:3456:789a:1::5".parse().unwrap(), v4, v6));
+        assert!(!in_prefix("fd12:3456:789b::5".parse().unwrap(), v4, v6));
+        assert!(in_prefix(
+            "1.2.3.4".parse().unwrap(),
+            (Ipv4Addr::UNSPECIFIED, 0),
+            v6
+        ));
+    }
+}
