@@ -156,6 +156,38 @@ impl Nms {
         if let Some(o) = gone {
             tracing::info!(fqdn = %o.fqdn, "node offline (connection closed)");
         }
+        // A revoked node's live tunnels must end too: its peers hold no CRL, so NMS
+        // tells them the node is gone (as if it had finalized).
+        let revoked = matches!(self.store.device_by_fqdn(&peer.fqdn).await, Ok(Some(d)) if !d.is_active());
+        if revoked {
+            tracing::info!(fqdn = %peer.fqdn, "node revoked: telling its peers it is gone");
+            self.notify_gone(node_id).await;
+        }
+    }
+
+    /// Forget a node's pairs, unbind its relays, and send Finalization to each peer
+    /// it was directed to.
+    async fn notify_gone(&self, node: NodeId) {
+        let peers = {
+            let mut reg = lock(&self.registry);
+            let peers: Vec<(Online, PathId)> = reg
+                .peers_of(node)
+                .into_iter()
+                .map(|(o, p)| (o.clone(), p))
+                .collect();
+            reg.forget_pairs(node);
+            peers
+        };
+        for trs in &self.trs {
+            trs.link.unbind_node(node).await;
+        }
+        let timeout = self.timers.confirmation_timeout();
+        tokio::spawn(async move {
+            for (peer, path_id) in peers {
+                let msg = Message::request(Body::Finalization).with_path_id(path_id);
+                let _ = rpc::transact(&peer.connection, &msg, timeout).await;
+            }
+        });
     }
 
     async fn handle(
@@ -432,29 +464,10 @@ impl Nms {
     }
 
     async fn finalize(self: &Arc<Self>, node: NodeId, request: &Message) -> Message {
-        let (gone, peers) = {
-            let mut reg = lock(&self.registry);
-            let peers: Vec<(Online, PathId)> = reg
-                .peers_of(node)
-                .into_iter()
-                .map(|(o, p)| (o.clone(), p))
-                .collect();
-            reg.forget_pairs(node);
-            (reg.remove(node), peers)
-        };
-        if let Some(o) = &gone {
+        self.notify_gone(node).await;
+        if let Some(o) = lock(&self.registry).remove(node) {
             tracing::info!(fqdn = %o.fqdn, "finalized (graceful logout)");
         }
-        for trs in &self.trs {
-            trs.link.unbind_node(node).await;
-        }
-        let timeout = self.timers.confirmation_timeout();
-        tokio::spawn(async move {
-            for (peer, path_id) in peers {
-                let msg = Message::request(Body::Finalization).with_path_id(path_id);
-                let _ = rpc::transact(&peer.connection, &msg, timeout).await;
-            }
-        });
         Message::response_to(request, Flag::Ok, Body::Ack)
     }
 }
