@@ -243,6 +243,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../deploy/node.example.toml");
+        let c: NodeConfig = toml::from_str(text).expect("deploy/node.example.toml parses");
+        assert_eq!(c.cloud, Some("203.0.113.10:443".parse().unwrap()));
+        assert_eq!(c.dns.listen.port(), 53);
+        let d = NodeConfig::default();
+        assert_eq!(c.tun.mtu, d.tun.mtu, "the example shows the defaults");
+        assert_eq!(c.peers.idle_secs, d.peers.idle_secs);
+        assert_eq!(c.listen, d.listen);
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<NodeConfig>("clowd = \"1.2.3.4:443\"").is_err());
     }

@@ -75,6 +75,7 @@
 
 mod host;
 mod netns;
+pub mod overlay;
 pub mod payload;
 mod proc;
 mod topology;

@@ -1,0 +1,331 @@
+//! End-to-end tests of the node daemon (issue 4) on namespace topologies: the real
+//! `cyphonic-cloud` and `cyphonic-node` binaries, real TUN devices, real QUIC with
+//! certificates from the deployment CA, the overlay DNS in front of a real upstream
+//! (dnsmasq), NAT routers made of nftables rules.
+//!
+//! Each test builds its own bench (unique namespace names) and tears it down.
+
+use std::time::Duration;
+
+use cyphonic_tests::overlay::{
+    eventually, fqdn, resolve, tcp_transfer, udp_exchange, CloudProc, NodeOpts, NodeProc,
+};
+use cyphonic_tests::{
+    binary, require_root, Bench, Family, NatKind, DNS_SERVER_V6, DNS_TEST_NAME, DNS_TEST_V4,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+fn v6_resolver() -> NodeOpts {
+    NodeOpts {
+        resolv_conf: format!("nameserver {DNS_SERVER_V6}\n"),
+        ..NodeOpts::default()
+    }
+}
+
+/// Pattern 1 (SPEC §6, Process Code 1): IPv6-only ↔ IPv6-only and public IPv4 ↔
+/// public IPv4, each pair by name: ping, a checksummed TCP transfer, a UDP exchange;
+/// the tunnel is direct over the pair's own address family.
+#[test]
+fn pattern1_ipv6_pair_and_ipv4_pair() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("p1")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a6 = bench.public_host("a6", Family::V6)?;
+    let b6 = bench.public_host("b6", Family::V6)?;
+    let a4 = bench.public_host("a4", Family::V4)?;
+    let b4 = bench.public_host("b4", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let na6 = NodeProc::start_with(&a6, &cloud, "a6", &v6_resolver())?;
+    let _nb6 = NodeProc::start_with(&b6, &cloud, "b6", &v6_resolver())?;
+    let na4 = NodeProc::start(&a4, &cloud, "a4")?;
+    let _nb4 = NodeProc::start(&b4, &cloud, "b4")?;
+
+    // IPv6 underlay.
+    assert!(na6.ping(&fqdn("b6"), 3, &[])?, "a6 pings b6 by name");
+    assert!(
+        na6.ping(&fqdn("b6"), 2, &["-4"])?,
+        "…over the virtual IPv4 too"
+    );
+    tcp_transfer(&a6, &b6, &fqdn("b6"), 5001, 8 * MIB)?;
+    assert_eq!(udp_exchange(&a6, &b6, &fqdn("b6"), 5002, 20)?, 20);
+    let row = na6.peer(&fqdn("b6"))?.expect("a6 has a tunnel to b6");
+    assert_eq!(row["path"], "direct");
+    let remote = row["remote"].as_str().unwrap_or_default();
+    assert!(
+        remote.contains(&b6.ipv6.unwrap().to_string()),
+        "the tunnel runs over b6's IPv6 address, not {remote}"
+    );
+    assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 8 * MIB);
+
+    // IPv4 underlay.
+    assert!(na4.ping(&fqdn("b4"), 3, &[])?, "a4 pings b4 by name");
+    tcp_transfer(&a4, &b4, &fqdn("b4"), 5001, 8 * MIB)?;
+    assert_eq!(udp_exchange(&a4, &b4, &fqdn("b4"), 5002, 20)?, 20);
+    let row = na4.peer(&fqdn("b4"))?.expect("a4 has a tunnel to b4");
+    assert_eq!(row["path"], "direct");
+    assert!(row["remote"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(&b4.ipv4.unwrap().to_string()));
+    Ok(())
+}
+
+/// Pattern 2: a host behind an endpoint-independent NAT and public hosts, initiated
+/// from either side. Behind-NAT → public: the initiator dials out (Process Code 1).
+/// Public → behind-NAT: NMS has the responder dial the initiator (Process Code 2),
+/// which is the only way in through the NAT.
+#[test]
+fn pattern2_nat_and_public_either_side_initiates() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("p2")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let p1 = bench.public_host("p1", Family::V4)?;
+    let p2 = bench.public_host("p2", Family::V4)?;
+    let home = bench.nat("home", NatKind::EndpointIndependent)?;
+    let h = bench.host_in(&home, "h")?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let np1 = NodeProc::start(&p1, &cloud, "p1")?;
+    let np2 = NodeProc::start(&p2, &cloud, "p2")?;
+    let nh = NodeProc::start(&h, &cloud, "h")?;
+    assert_eq!(nh.status()?["cloud"]["nat"], true, "NMS saw h behind NAT");
+    assert_eq!(np1.status()?["cloud"]["nat"], false);
+
+    // h (behind NAT) initiates to p1.
+    assert!(nh.ping(&fqdn("p1"), 3, &[])?);
+    tcp_transfer(&h, &p1, &fqdn("p1"), 5001, 4 * MIB)?;
+    let row = np1.peer(&fqdn("h"))?.expect("p1 has a tunnel to h");
+    assert_eq!(row["dialed"], false, "h dialed p1 (Process Code 1)");
+
+    // p2 (public) initiates to h behind the NAT: h must dial back.
+    assert!(np2.ping(&fqdn("h"), 3, &[])?);
+    tcp_transfer(&p2, &h, &fqdn("h"), 5001, 4 * MIB)?;
+    let row = np2.peer(&fqdn("h"))?.expect("p2 has a tunnel to h");
+    assert_eq!(row["dialed"], false, "h dialed p2 (Process Code 2)");
+    assert_eq!(row["path"], "direct");
+    let nat_wan = home.wan_v4.to_string();
+    assert!(
+        row["remote"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&nat_wan),
+        "p2 sees h at the NAT's public address {nat_wan}: {row}"
+    );
+    Ok(())
+}
+
+/// Same NAT (Process Code 4): two hosts behind one NAT talk on their private
+/// addresses, not through the NAT's public address.
+#[test]
+fn same_nat_hosts_use_the_lan_path() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("sn")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let office = bench.nat("office", NatKind::EndpointIndependent)?;
+    let h1 = bench.host_in(&office, "h1")?;
+    let h2 = bench.host_in(&office, "h2")?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let n1 = NodeProc::start(&h1, &cloud, "h1")?;
+    let n2 = NodeProc::start(&h2, &cloud, "h2")?;
+    assert!(n1.ping(&fqdn("h2"), 3, &[])?);
+    tcp_transfer(&h1, &h2, &fqdn("h2"), 5001, 4 * MIB)?;
+    assert_eq!(n1.path_to(&fqdn("h2"))?, "lan");
+    let row = n2.peer(&fqdn("h1"))?.expect("h2 has a tunnel to h1");
+    let private = h1.ipv4.unwrap().to_string();
+    assert!(
+        row["remote"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&private),
+        "h2 sees h1 at its private address {private}: {row}"
+    );
+    Ok(())
+}
+
+/// The overlay resolver: normal names still resolve through it (forwarded to the
+/// host's original upstream), unknown overlay names fail fast, and the host's
+/// resolver configuration is restored when the node stops.
+#[test]
+fn dns_forwards_normal_names_and_fails_fast_on_unknown_overlay_names() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("dns")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::V4)?;
+    let b = bench.public_host("b", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let na = NodeProc::start(&a, &cloud, "a")?;
+    let nb = NodeProc::start(&b, &cloud, "b")?;
+
+    let (addrs, _) = resolve(&a, DNS_TEST_NAME)?;
+    assert!(
+        addrs.contains(&DNS_TEST_V4.into()),
+        "{DNS_TEST_NAME} resolves through the overlay resolver: {addrs:?}"
+    );
+    let (addrs, took) = resolve(&a, &fqdn("nosuchnode"))?;
+    assert!(addrs.is_empty(), "an unknown overlay name does not resolve");
+    assert!(took < Duration::from_secs(2), "…and fails fast ({took:?})");
+    let (addrs, _) = resolve(&a, &fqdn("b"))?;
+    let b_v4 = nb.virtual_ipv4()?;
+    assert!(
+        addrs.contains(&b_v4.into()),
+        "b resolves to its virtual address"
+    );
+
+    // The node rewrote resolv.conf in place and puts the original back on exit.
+    let etc = format!("/etc/netns/{}/resolv.conf", a.ns);
+    let during = std::fs::read_to_string(&etc)?;
+    assert!(during.contains("nameserver 127.0.0.88"), "{during}");
+    na.stop()?;
+    let after = std::fs::read_to_string(&etc)?;
+    assert_eq!(
+        after,
+        NodeOpts::default().resolv_conf,
+        "resolv.conf restored"
+    );
+    let links = a.run_ok("ip", ["-o", "link"])?;
+    assert!(!links.contains("cyphonic0"), "TUN removed on exit: {links}");
+    Ok(())
+}
+
+/// A revoked node can no longer reach anyone: NMS tells its peers (their live
+/// tunnels close), and it cannot set up new ones.
+#[test]
+fn revoked_node_is_cut_off() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("rv")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::V4)?;
+    let b = bench.public_host("b", Family::V4)?;
+    let c = bench.public_host("c", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let na = NodeProc::start(&a, &cloud, "a")?;
+    let nb = NodeProc::start(&b, &cloud, "b")?;
+    let _nc = NodeProc::start(&c, &cloud, "c")?;
+    let a_v4 = na.virtual_ipv4()?.to_string();
+    assert!(
+        nb.ping(&fqdn("a"), 2, &[])?,
+        "before revocation b reaches a"
+    );
+
+    cloud.revoke("a")?;
+    assert!(
+        eventually(Duration::from_secs(10), || Ok(nb
+            .peer(&fqdn("a"))?
+            .is_none()))?,
+        "b's tunnel to the revoked node closes"
+    );
+    assert!(!nb.ping(&a_v4, 2, &[])?, "b cannot reach a any more");
+    assert!(!na.ping(&fqdn("c"), 2, &[])?, "a cannot reach c");
+    Ok(())
+}
+
+/// A peer presenting a different FQDN than the one NMS named is refused, and a
+/// capsule whose inner source is another node's address is dropped (SPEC §10.2).
+#[test]
+fn impersonation_and_spoofed_sources_are_refused() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("sec")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::V4)?;
+    let b = bench.public_host("b", Family::V4)?;
+    let m = bench.public_host("m", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let na = NodeProc::start(&a, &cloud, "a")?;
+    let nb = NodeProc::start(&b, &cloud, "b")?;
+    assert!(
+        na.ping(&fqdn("b"), 2, &[])?,
+        "a → b: NMS named a for this path"
+    );
+
+    let rogue = binary("cyphonic-rogue")?;
+    let cloud_addr = cloud.address_for(&m)?.to_string();
+    let ca = cloud.ca_cert().to_string_lossy().into_owned();
+    let common = |device: &str, token: &str, state: &str| -> Vec<String> {
+        vec![
+            "--cloud".into(),
+            cloud_addr.clone(),
+            "--ca".into(),
+            ca.clone(),
+            "--device".into(),
+            device.into(),
+            "--token".into(),
+            token.into(),
+            "--state".into(),
+            m.bench_dir().join(state).to_string_lossy().into_owned(),
+        ]
+    };
+
+    // mallory claims a's path to b, with mallory's own (valid) certificate.
+    let token = cloud.add_device("mallory")?;
+    let mut args = vec!["impersonate".to_string()];
+    args.extend(common("mallory", &token, "mallory"));
+    args.extend([
+        "--peer".into(),
+        fqdn("b"),
+        "--addr".into(),
+        format!("{}:443", b.ipv4.unwrap()),
+        "--path-initiator".into(),
+        fqdn("a"),
+    ]);
+    let out = m.run_timeout(&rogue, &args, Duration::from_secs(30))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rogue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("\"refused\""),
+        "b refused mallory posing on a's path: {text}"
+    );
+
+    // eve gets a legitimate tunnel to b, then forges a's virtual address.
+    let token = cloud.add_device("eve")?;
+    let mut args = vec!["spoof".to_string()];
+    args.extend(common("eve", &token, "eve"));
+    args.extend([
+        "--peer".into(),
+        fqdn("b"),
+        "--spoof-src".into(),
+        na.virtual_ipv4()?.to_string(),
+    ]);
+    let out = m.run_timeout(&rogue, &args, Duration::from_secs(40))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rogue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim())?;
+    assert_eq!(v["legit_reply"], true, "eve's own packets reach b: {v}");
+    assert_eq!(
+        v["spoofed_reply"], false,
+        "the forged packet is dropped: {v}"
+    );
+    // The rogue has exited (its tunnel is gone); b's log says what it dropped.
+    assert!(
+        nb.proc
+            .log_text()
+            .contains("dropped a capsule with a spoofed inner source"),
+        "b logged the spoofed capsule"
+    );
+    Ok(())
+}
