@@ -158,7 +158,8 @@ impl Nms {
         }
         // A revoked node's live tunnels must end too: its peers hold no CRL, so NMS
         // tells them the node is gone (as if it had finalized).
-        let revoked = matches!(self.store.device_by_fqdn(&peer.fqdn).await, Ok(Some(d)) if !d.is_active());
+        let revoked =
+            matches!(self.store.device_by_fqdn(&peer.fqdn).await, Ok(Some(d)) if !d.is_active());
         if revoked {
             tracing::info!(fqdn = %peer.fqdn, "node revoked: telling its peers it is gone");
             self.notify_gone(node_id).await;
