@@ -129,7 +129,7 @@ impl PeerLink {
             virtual_ipv4: self.peer.virtual_ipv4,
             virtual_ipv6: self.peer.virtual_ipv6,
             path: self.kind,
-            remote: self.conn.remote_address(),
+            remote: crate::cloud::unmapped(self.conn.remote_address()),
             rtt_ms: self.conn.rtt().as_secs_f64() * 1000.0,
             since_unix: since,
             dialed: self.dialed,
