@@ -157,6 +157,8 @@ impl NodeEndpoint {
         t.mtu_discovery_config(Some(mtud));
         t.datagram_receive_buffer_size(Some(4 * 1024 * 1024));
         t.datagram_send_buffer_size(4 * 1024 * 1024);
+        // The stream that carries packets too large for a datagram (node.rs).
+        t.max_concurrent_uni_streams(4u32.into());
         t
     }
 

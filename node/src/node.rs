@@ -23,7 +23,7 @@ use cyphonic_proto::body::{DirectionRequest, DirectionTarget, ProcessCode, Route
 use cyphonic_proto::framing::{read_message, write_message};
 use cyphonic_proto::{
     encode_capsule_into, ApplicationId, Body, CapsuleRef, Flag, Fqdn, Message, PathId, RelayToken,
-    CAPSULE_OVERHEAD,
+    CAPSULE_OVERHEAD, MAX_MESSAGE_LEN,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -576,6 +576,10 @@ impl Node {
         tracing::info!(peer = %link.peer.fqdn, path = %link.kind, remote = %link.conn.remote_address(),
             dialed = link.dialed, max_datagram = ?link.conn.max_datagram_size(), "tunnel up");
         tokio::spawn(self.clone().receive_loop(link.clone()));
+        tokio::spawn(self.clone().oversize_reader(link.clone()));
+        if let Some(rx) = link.take_oversize_rx() {
+            tokio::spawn(Self::oversize_writer(link.clone(), rx));
+        }
         tokio::spawn(rpc::serve(link.conn.clone(), |m: Message| async move {
             Some(match m.body {
                 Body::KeepAlive => Message::response_to(&m, Flag::Ok, Body::KeepAliveAck),
@@ -613,33 +617,78 @@ impl Node {
                 Ok(d) => d,
                 Err(e) => break e,
             };
-            let c = &link.counters;
-            let Ok(cap) = CapsuleRef::decode(&d) else {
-                c.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if cap.path_id != link.path_id {
-                c.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match packet::addresses(cap.payload) {
-                Some((src, _)) if link.owns(src) => {}
-                _ => {
-                    // SPEC §6 Data: only the peer's own virtual address.
-                    if c.spoofed.fetch_add(1, Ordering::Relaxed) == 0 {
-                        tracing::warn!(peer = %link.peer.fqdn, "dropped a capsule with a spoofed inner source");
-                    }
-                    continue;
+            match CapsuleRef::decode(&d) {
+                Ok(cap) => self.receive(&link, cap.path_id, cap.payload),
+                Err(_) => {
+                    link.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            c.rx_packets.fetch_add(1, Ordering::Relaxed);
-            c.rx_bytes
-                .fetch_add(cap.payload.len() as u64, Ordering::Relaxed);
-            link.touch();
-            self.sink.deliver(cap.payload);
         };
         if self.peers.remove(&link) {
             tracing::info!(peer = %link.peer.fqdn, reason = %reason, "tunnel closed");
+        }
+    }
+
+    /// One packet from a peer: on this link's path and from the peer's own virtual
+    /// address (SPEC §6 Data), else dropped and counted.
+    fn receive(&self, link: &PeerLink, path: PathId, payload: &[u8]) {
+        let c = &link.counters;
+        if path != link.path_id {
+            c.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match packet::addresses(payload) {
+            Some((src, _)) if link.owns(src) => {}
+            _ => {
+                if c.spoofed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(peer = %link.peer.fqdn, "dropped a capsule with a spoofed inner source");
+                }
+                return;
+            }
+        }
+        c.rx_packets.fetch_add(1, Ordering::Relaxed);
+        c.rx_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        link.touch();
+        self.sink.deliver(payload);
+    }
+
+    /// Capsules the peer sent on streams (packets too large for its datagrams).
+    async fn oversize_reader(self: Arc<Self>, link: Arc<PeerLink>) {
+        while let Ok(mut recv) = link.conn.accept_uni().await {
+            let me = self.clone();
+            let link = link.clone();
+            tokio::spawn(async move {
+                while let Ok(m) = read_message(&mut recv, MAX_MESSAGE_LEN).await {
+                    match &m.body {
+                        Body::Capsule(c) => me.receive(&link, m.path_id(), &c.payload),
+                        _ => {
+                            link.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Writes the link's oversize Capsules, in order, on one unidirectional stream.
+    async fn oversize_writer(
+        link: Arc<PeerLink>,
+        mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) {
+        let mut stream: Option<quinn::SendStream> = None;
+        while let Some(cap) = rx.recv().await {
+            if stream.is_none() {
+                match link.conn.open_uni().await {
+                    Ok(s) => stream = Some(s),
+                    Err(_) => return,
+                }
+            }
+            if let Some(s) = stream.as_mut() {
+                if s.write_all(&cap).await.is_err() {
+                    stream = None;
+                }
+            }
         }
     }
 
@@ -725,7 +774,7 @@ impl Node {
     fn send_on(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) {
         let max = link.conn.max_datagram_size().unwrap_or(0);
         if CAPSULE_OVERHEAD + pkt.len() > max {
-            self.too_big(link, pkt, max);
+            self.oversize(link, pkt, max.saturating_sub(CAPSULE_OVERHEAD), buf);
             return;
         }
         buf.reserve(CAPSULE_OVERHEAD + pkt.len());
@@ -741,22 +790,48 @@ impl Node {
                 c.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
                 link.touch();
             }
-            Err(quinn::SendDatagramError::TooLarge) => self.too_big(link, pkt, max),
+            Err(quinn::SendDatagramError::TooLarge) => {
+                let room = link
+                    .conn
+                    .max_datagram_size()
+                    .unwrap_or(0)
+                    .saturating_sub(CAPSULE_OVERHEAD);
+                self.oversize(link, pkt, room, buf)
+            }
             Err(e) => tracing::debug!(peer = %link.peer.fqdn, error = %e, "datagram not sent"),
         }
     }
 
-    /// SPEC §6 Data: a packet too large for the path gets Packet Too Big / Frag Needed.
-    fn too_big(&self, link: &PeerLink, pkt: &[u8], max_datagram: usize) {
-        link.counters.too_big.fetch_add(1, Ordering::Relaxed);
-        let mtu = max_datagram
-            .saturating_sub(CAPSULE_OVERHEAD)
-            .clamp(576, 65535) as u16;
-        let Some((_, dst)) = packet::addresses(pkt) else {
-            return;
-        };
-        if let Some(icmp) = packet::icmp_error(pkt, dst, IcmpError::TooBig { mtu }) {
-            self.sink.deliver(&icmp);
+    /// SPEC §6 Data: a packet larger than the path's datagram (`room` bytes of
+    /// payload) never vanishes silently. IPv4 with DF set: Fragmentation Needed with
+    /// the MTU that fits. IPv6 larger than 1280: Packet Too Big with what fits, but
+    /// not below IPv6's minimum of 1280. What still cannot be sent that way (IPv6 up
+    /// to 1280 bytes on a path whose datagrams are smaller, IPv4 without DF) is carried
+    /// on the link's stream (see docs/protocol-decisions.md).
+    fn oversize(&self, link: &PeerLink, pkt: &[u8], room: usize, buf: &mut BytesMut) {
+        match oversize_action(pkt, room) {
+            Oversize::TooBig(mtu) => {
+                link.counters.too_big.fetch_add(1, Ordering::Relaxed);
+                let Some((_, dst)) = packet::addresses(pkt) else {
+                    return;
+                };
+                if let Some(icmp) = packet::icmp_error(pkt, dst, IcmpError::TooBig { mtu }) {
+                    self.sink.deliver(&icmp);
+                }
+            }
+            Oversize::Stream => {
+                buf.reserve(CAPSULE_OVERHEAD + pkt.len());
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
+                    return;
+                }
+                if link.oversize.try_send(buf.split().freeze()).is_ok() {
+                    let c = &link.counters;
+                    c.on_stream.fetch_add(1, Ordering::Relaxed);
+                    c.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    c.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -832,6 +907,25 @@ impl Node {
     }
 }
 
+/// What to do with a packet that does not fit a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Oversize {
+    /// Answer with ICMP Fragmentation Needed / Packet Too Big carrying this MTU.
+    TooBig(u16),
+    /// Carry it on the link's stream.
+    Stream,
+}
+
+/// The oversize policy of [`Node::oversize`], as a pure function.
+fn oversize_action(pkt: &[u8], room: usize) -> Oversize {
+    let room16 = room.min(usize::from(u16::MAX)) as u16;
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= 20 && pkt[6] & 0x40 != 0 && room >= 576 => Oversize::TooBig(room16),
+        Some(6) if pkt.len() > 1280 => Oversize::TooBig(room16.max(1280)),
+        _ => Oversize::Stream,
+    }
+}
+
 /// Hands accepted connections to a node (the endpoint holds this, not the node, so
 /// there is no reference cycle keeping a stopped node alive).
 pub struct NodeAcceptor(pub std::sync::Weak<Node>);
@@ -854,6 +948,40 @@ impl AcceptPeer for NodeAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversize_policy() {
+        let mut v4 = vec![0u8; 1400];
+        v4[0] = 0x45;
+        v4[6] = 0x40; // DF
+        assert_eq!(oversize_action(&v4, 1100), Oversize::TooBig(1100));
+        assert_eq!(
+            oversize_action(&v4, 500),
+            Oversize::Stream,
+            "no MTU below 576"
+        );
+        v4[6] = 0;
+        assert_eq!(
+            oversize_action(&v4, 1100),
+            Oversize::Stream,
+            "no DF: carried"
+        );
+        let mut v6 = vec![0u8; 1400];
+        v6[0] = 0x60;
+        assert_eq!(oversize_action(&v6, 1300), Oversize::TooBig(1300));
+        assert_eq!(
+            oversize_action(&v6, 1100),
+            Oversize::TooBig(1280),
+            "never below 1280"
+        );
+        v6.truncate(1280);
+        assert_eq!(
+            oversize_action(&v6, 1100),
+            Oversize::Stream,
+            "IPv6 minimum is carried"
+        );
+        assert_eq!(oversize_action(&[], 1100), Oversize::Stream);
+    }
 
     #[test]
     fn prefixes() {

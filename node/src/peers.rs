@@ -11,6 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use cyphonic_proto::{Fqdn, NodeId, PathId};
 use serde::Serialize;
 
+/// Oversize packets queued per link for its stream; more are dropped.
+const OVERSIZE_QUEUE: usize = 256;
+
 /// How a peer's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,8 +55,10 @@ pub struct Counters {
     pub spoofed: AtomicU64,
     /// Capsules that did not decode or named another path.
     pub malformed: AtomicU64,
-    /// Packets answered with Packet Too Big.
+    /// Packets answered with Packet Too Big / Fragmentation Needed.
     pub too_big: AtomicU64,
+    /// Packets too large for a datagram carried on the link's stream instead.
+    pub on_stream: AtomicU64,
     /// Milliseconds since the link's start at the last packet either way.
     pub last_active_ms: AtomicU64,
 }
@@ -71,6 +76,9 @@ pub struct PeerLink {
     pub started: Instant,
     pub started_wall: SystemTime,
     pub counters: Counters,
+    /// Encoded Capsules too large for a datagram, for the link's stream writer.
+    pub oversize: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    oversize_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>>,
 }
 
 impl PeerLink {
@@ -82,6 +90,7 @@ impl PeerLink {
         dialed: bool,
         peer_node_id: Option<NodeId>,
     ) -> PeerLink {
+        let (oversize, rx) = tokio::sync::mpsc::channel(OVERSIZE_QUEUE);
         PeerLink {
             peer,
             path_id,
@@ -92,7 +101,17 @@ impl PeerLink {
             started: Instant::now(),
             started_wall: SystemTime::now(),
             counters: Counters::default(),
+            oversize,
+            oversize_rx: std::sync::Mutex::new(Some(rx)),
         }
+    }
+
+    /// The receiving end of [`PeerLink::oversize`] (once).
+    pub fn take_oversize_rx(&self) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>> {
+        self.oversize_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn touch(&self) {
@@ -141,6 +160,7 @@ impl PeerLink {
             spoofed_dropped: c.spoofed.load(Ordering::Relaxed),
             malformed_dropped: c.malformed.load(Ordering::Relaxed),
             too_big: c.too_big.load(Ordering::Relaxed),
+            on_stream: c.on_stream.load(Ordering::Relaxed),
             idle_secs: self.idle_for().as_secs(),
             max_datagram: self.conn.max_datagram_size(),
         }
@@ -166,6 +186,7 @@ pub struct PeerStatus {
     pub spoofed_dropped: u64,
     pub malformed_dropped: u64,
     pub too_big: u64,
+    pub on_stream: u64,
     pub idle_secs: u64,
     pub max_datagram: Option<usize>,
 }

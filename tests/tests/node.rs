@@ -329,3 +329,63 @@ fn impersonation_and_spoofed_sources_are_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// SPEC §6 Data: a packet too large for the path's datagram never vanishes silently.
+/// b sits on a 1280-byte-MTU link (both ends), so QUIC's datagrams shrink below a full overlay
+/// packet (MTU 1360) once quinn detects the black hole; the node answers such packets
+/// with ICMP Fragmentation Needed / Packet Too Big, or carries IPv6 packets that may not
+/// be made smaller than 1280 on the link's stream, and the inner TCP (over IPv4 and
+/// over IPv6) completes. Without that, TCP stalls on a black hole and times out.
+#[test]
+fn oversize_packets_get_packet_too_big_and_tcp_adapts() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("mtu")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::V4)?;
+    let b = bench.public_host("b", Family::V4)?;
+    // b's link is a 1280-byte-MTU link: the core router drops larger packets to b,
+    // and b cannot send larger ones.
+    let core = bench.core_ns().to_owned();
+    let route = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &core,
+            "-o",
+            "route",
+            "get",
+            &b.ipv4.unwrap().to_string(),
+        ])
+        .output()?;
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    let dev = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .expect("core has a route to b")
+        .to_owned();
+    let st = std::process::Command::new("ip")
+        .args(["-n", &core, "link", "set", &dev, "mtu", "1280"])
+        .status()?;
+    assert!(st.success());
+    b.run_ok("ip", ["link", "set", "eth0", "mtu", "1280"])?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let na = NodeProc::start(&a, &cloud, "a")?;
+    let nb = NodeProc::start(&b, &cloud, "b")?;
+    assert!(na.ping(&fqdn("b"), 2, &[])?);
+    let vb = nb.virtual_ipv4()?.to_string();
+    let va = na.virtual_ipv4()?.to_string();
+    tcp_transfer(&a, &b, &fqdn("b"), 5001, 2 * MIB)?;
+    tcp_transfer(&b, &a, &fqdn("a"), 5002, 2 * MIB)?;
+    tcp_transfer(&a, &b, &vb, 5003, 2 * MIB)?;
+    tcp_transfer(&b, &a, &va, 5004, 2 * MIB)?;
+    let row = na.peer(&fqdn("b"))?.expect("a has a tunnel to b");
+    let handled = row["too_big"].as_u64().unwrap_or(0) + row["on_stream"].as_u64().unwrap_or(0);
+    assert!(
+        handled >= 1,
+        "a answered oversize packets with Packet Too Big or carried them: {row}"
+    );
+    Ok(())
+}

@@ -38,7 +38,10 @@ fn show(title: &str, host: &Host, program: &str, args: &[&str]) -> Result<bool> 
 }
 
 fn cli(node: &NodeProc, what: &str) -> Result<()> {
-    println!("\n$ cyphonic-node --socket {} {what}", node.socket.display());
+    println!(
+        "\n$ cyphonic-node --socket {} {what}",
+        node.socket.display()
+    );
     let out = Command::new(binary("cyphonic-node")?)
         .arg("--socket")
         .arg(&node.socket)
@@ -101,13 +104,19 @@ fn run(cli_args: Cli) -> Result<()> {
     cli(&na, "peers")?;
     cli(&nb, "status")?;
     if !ok {
-        println!("\nSome pings failed: see the logs in {}", bench.bench_dir().display());
+        println!(
+            "\nSome pings failed: see the logs in {}",
+            bench.bench_dir().display()
+        );
     }
 
     let dir = bench.bench_dir().display().to_string();
     println!("\nCYPHONIC is up. Try next, in another terminal (as root):");
     println!("  ip netns exec {} ping bob.cyphonic.internal", alice.ns);
-    println!("  ip netns exec {} bash            # a shell on bob", bob.ns);
+    println!(
+        "  ip netns exec {} bash            # a shell on bob",
+        bob.ns
+    );
     for n in [&na, &nb, &nc] {
         println!(
             "  {} --socket {} peers",
@@ -122,7 +131,11 @@ fn run(cli_args: Cli) -> Result<()> {
     );
     println!("  logs: {dir}/*.log");
     if cli_args.once {
-        return if ok { Ok(()) } else { bail!("the demo pings failed") };
+        return if ok {
+            Ok(())
+        } else {
+            bail!("the demo pings failed")
+        };
     }
     println!("Ctrl-C stops everything and removes the namespaces.");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -130,8 +143,7 @@ fn run(cli_args: Cli) -> Result<()> {
         .build()
         .context("cannot start the signal handler")?;
     rt.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
