@@ -155,6 +155,28 @@ fn trs_address(rd: &RouteDirection, prefer_v6: bool) -> Option<SocketAddr> {
     }
 }
 
+/// The peer's direct candidates of a relayed Route Direction (SPEC §8).
+fn relay_candidates(m: &Message, rd: &RouteDirection) -> Vec<SocketAddr> {
+    if rd.process_code == ProcessCode::ViaTrs {
+        m.candidates().to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+/// When a relayed pair tries to go direct again (after the relayed tunnel is up);
+/// then every [`OPTIMIZE_EVERY`].
+const OPTIMIZE_SCHEDULE: [Duration; 5] = [
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+];
+const OPTIMIZE_EVERY: Duration = Duration::from_secs(60);
+/// How long one direct attempt may take.
+const OPTIMIZE_ATTEMPT: Duration = Duration::from_secs(3);
+
 fn peer_identity(conn: &quinn::Connection) -> Option<PeerIdentity> {
     let certs = conn
         .peer_identity()?
@@ -347,6 +369,7 @@ impl Node {
                 peer: peer.clone(),
                 kind,
                 until: Instant::now() + EXPECT_TTL,
+                candidates: relay_candidates(m, rd),
             },
         );
         match rd.process_code {
@@ -393,9 +416,12 @@ impl Node {
             .ep
             .connect_service(Some(&self.creds), Role::Trs, addr, &self.settings.domain)
             .await?;
-        // The TRS learns our address from the handshake; a round trip makes sure it
-        // has finished on its side too.
-        let _ = tokio::time::timeout(Duration::from_millis(500), c.open_bi()).await;
+        // The TRS learns our address when it accepts the connection and answers Keep
+        // Alive after that: one round trip, and packets from us will be forwarded.
+        let ka = Message::request(Body::KeepAlive).with_node_id(self.me.node_id);
+        if let Err(e) = rpc::transact(&c, &ka, CLOUD_TIMEOUT).await {
+            tracing::debug!(error = %e, "TRS did not answer Keep Alive");
+        }
         tracing::info!(trs = %addr, "TRS control connection up");
         g.insert(addr, c);
         Ok(())
@@ -485,6 +511,7 @@ impl Node {
                 peer: peer.clone(),
                 kind,
                 until: Instant::now() + EXPECT_TTL,
+                candidates: relay_candidates(&resp, &rd),
             },
         );
         let r = match rd.process_code {
@@ -588,7 +615,79 @@ impl Node {
             })
         }));
         self.flush_pending(&link);
+        if link.kind == PathKind::Relayed {
+            let candidates = self
+                .peers
+                .expected(&link.path_id)
+                .map(|e| e.candidates)
+                .unwrap_or_default();
+            if !candidates.is_empty() {
+                tokio::spawn(self.clone().optimize(link.clone(), candidates));
+            }
+        }
+        if let Some(from) = link.switched_from.get() {
+            tracing::info!(peer = %link.peer.fqdn, from = %from, to = %link.kind,
+                remote = %link.conn.remote_address(), "path switched");
+        }
         link
+    }
+
+    /// SPEC §8 route optimization: while `relayed` carries the pair, dial the peer's
+    /// candidates directly (the peer does the same at the same time, so both NATs open
+    /// mappings); a direct tunnel that completes replaces the relayed one, which is
+    /// closed after a drain. Stops when the relayed tunnel is gone or replaced.
+    async fn optimize(self: Arc<Self>, relayed: Arc<PeerLink>, candidates: Vec<SocketAddr>) {
+        let mut attempt = 0usize;
+        loop {
+            let wait = OPTIMIZE_SCHEDULE
+                .get(attempt)
+                .copied()
+                .unwrap_or(OPTIMIZE_EVERY);
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+            let current = self.peers.by_fqdn(&relayed.peer.fqdn);
+            if !relayed.is_alive() || !current.is_some_and(|c| Arc::ptr_eq(&c, &relayed)) {
+                return;
+            }
+            let mut tries = tokio::task::JoinSet::new();
+            for (i, &addr) in candidates.iter().enumerate() {
+                let me = self.clone();
+                let peer = relayed.peer.clone();
+                let path = relayed.path_id;
+                // The first candidate is the NAT mapping NMS observed; the others are
+                // the peer's own addresses, reachable only from its LAN.
+                let kind = if i == 0 {
+                    PathKind::Direct
+                } else {
+                    PathKind::Lan
+                };
+                tries.spawn(async move {
+                    tokio::time::timeout(OPTIMIZE_ATTEMPT, me.dial(addr, peer, path, kind, None))
+                        .await
+                        .map_err(|_| anyhow!("timed out"))
+                        .and_then(|r| r)
+                        .map_err(|e| format!("{addr}: {e:#}"))
+                });
+            }
+            let mut failures = Vec::new();
+            while let Some(r) = tries.join_next().await {
+                match r {
+                    Ok(Ok(link)) if link.kind != PathKind::Relayed => {
+                        let hp = Message::request(Body::HolePunching).with_path_id(link.path_id);
+                        match rpc::transact(&link.conn, &hp, CLOUD_TIMEOUT).await {
+                            Ok(m) if m.flag == Flag::Optimization => {}
+                            other => tracing::debug!(?other, "Hole Punching not acknowledged"),
+                        }
+                        return;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => failures.push(e),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            tracing::info!(peer = %relayed.peer.fqdn, attempt, failures = ?failures,
+                "still relayed: no direct path yet");
+        }
     }
 
     fn flush_pending(&self, link: &Arc<PeerLink>) {
@@ -740,7 +839,16 @@ impl Node {
         )
         .await?;
         let _ = send.shutdown().await;
-        let link = Arc::new(PeerLink::new(e.peer, path, e.kind, conn, false, id.node_id));
+        // Through a TRS the connection comes from the TRS's address; anything else on a
+        // relayed path is the peer itself, hole-punched (SPEC §8).
+        let remote = cloud::unmapped(conn.remote_address());
+        let via_trs = self.trs.lock().await.contains_key(&remote);
+        let kind = match e.kind {
+            _ if via_trs => PathKind::Relayed,
+            PathKind::Relayed => PathKind::Direct,
+            k => k,
+        };
+        let link = Arc::new(PeerLink::new(e.peer, path, kind, conn, false, id.node_id));
         self.activate(link);
         Ok(())
     }

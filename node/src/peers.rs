@@ -76,6 +76,8 @@ pub struct PeerLink {
     pub started: Instant,
     pub started_wall: SystemTime,
     pub counters: Counters,
+    /// The path this link replaced (relayed → direct), if any.
+    pub switched_from: std::sync::OnceLock<PathKind>,
     /// Encoded Capsules too large for a datagram, for the link's stream writer.
     pub oversize: tokio::sync::mpsc::Sender<bytes::Bytes>,
     oversize_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>>,
@@ -101,6 +103,7 @@ impl PeerLink {
             started: Instant::now(),
             started_wall: SystemTime::now(),
             counters: Counters::default(),
+            switched_from: std::sync::OnceLock::new(),
             oversize,
             oversize_rx: std::sync::Mutex::new(Some(rx)),
         }
@@ -163,6 +166,7 @@ impl PeerLink {
             on_stream: c.on_stream.load(Ordering::Relaxed),
             idle_secs: self.idle_for().as_secs(),
             max_datagram: self.conn.max_datagram_size(),
+            switched_from: self.switched_from.get().copied(),
         }
     }
 }
@@ -189,6 +193,10 @@ pub struct PeerStatus {
     pub on_stream: u64,
     pub idle_secs: u64,
     pub max_datagram: Option<usize>,
+    /// The path type this tunnel replaced (e.g. relayed before it went direct); the
+    /// switch happened at `since_unix`.
+    #[serde(default)]
+    pub switched_from: Option<PathKind>,
 }
 
 impl<'de> serde::Deserialize<'de> for PathKind {
@@ -211,6 +219,8 @@ pub struct Expected {
     pub peer: PeerInfo,
     pub kind: PathKind,
     pub until: Instant,
+    /// For a relayed path: where the peer may be reached directly (SPEC §8).
+    pub candidates: Vec<SocketAddr>,
 }
 
 #[derive(Default)]
@@ -251,9 +261,10 @@ impl PeerTable {
     }
 
     /// Install a link. When the peer already has a live one, one connection per pair
-    /// survives (SPEC §6): between two connections dialed by different ends, the one
-    /// dialed by the lower NodeID; otherwise the newer. Returns the link now in use and
-    /// the one displaced (to be closed after a drain), if any.
+    /// survives (SPEC §6, §8): a direct (or LAN) path beats a relayed one; between two
+    /// of the same kind dialed by different ends, the one dialed by the lower NodeID;
+    /// otherwise the newer. Returns the link now in use and the one displaced (to be
+    /// closed after a drain), if any.
     pub fn install(
         &self,
         link: Arc<PeerLink>,
@@ -261,9 +272,11 @@ impl PeerTable {
     ) -> (Arc<PeerLink>, Option<Arc<PeerLink>>) {
         let mut g = self.write();
         let old = g.by_fqdn.get(&link.peer.fqdn).cloned();
+        let relayed = |l: &PeerLink| l.kind == PathKind::Relayed;
         let keep_new = match &old {
             None => true,
             Some(o) if !o.is_alive() => true,
+            Some(o) if relayed(o) != relayed(&link) => relayed(o),
             Some(o) if o.dialed == link.dialed => true,
             Some(o) => {
                 let dialer = |l: &PeerLink| {
@@ -282,6 +295,9 @@ impl PeerTable {
         if !keep_new {
             let o = old.expect("checked above");
             return (o, Some(link));
+        }
+        if let Some(o) = old.as_ref().filter(|o| o.is_alive() && o.kind != link.kind) {
+            let _ = link.switched_from.set(o.kind);
         }
         g.by_fqdn.insert(link.peer.fqdn.clone(), link.clone());
         g.by_v4.insert(link.peer.virtual_ipv4, link.clone());

@@ -129,7 +129,11 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         if p.is_file() {
             return Ok(p);
         }
-        bail!("{} not found (CYPHONIC_BIN_DIR is set)", p.display());
+        bail!(
+            "{} not found (CYPHONIC_BIN_DIR is set): run `cargo build --workspace --bins` \
+             for that directory first, or unset CYPHONIC_BIN_DIR",
+            p.display()
+        );
     }
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

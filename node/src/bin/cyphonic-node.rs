@@ -168,21 +168,32 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// `HH:MM:SS` UTC of a unix time (when a tunnel came up or switched path).
+fn utc_time(unix: u64) -> String {
+    let s = unix % 86_400;
+    format!("{:02}:{:02}:{:02}Z", s / 3600, (s / 60) % 60, s % 60)
+}
+
 fn print_peers(peers: &[PeerStatus]) {
     if peers.is_empty() {
         println!("no tunnels (a DNS query for a peer's name or a packet to its address opens one)");
         return;
     }
     println!(
-        "{:<32} {:<15} {:<8} {:<40} {:>8} {:>10} {:>10}",
-        "PEER", "VIRTUAL", "PATH", "REMOTE", "RTT", "SENT", "RECEIVED"
+        "{:<32} {:<15} {:<17} {:<10} {:<40} {:>8} {:>10} {:>10}",
+        "PEER", "VIRTUAL", "PATH", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED"
     );
     for p in peers {
+        let path = match p.switched_from {
+            Some(from) => format!("{} (was {from})", p.path),
+            None => p.path.to_string(),
+        };
         println!(
-            "{:<32} {:<15} {:<8} {:<40} {:>6.2}ms {:>10} {:>10}",
+            "{:<32} {:<15} {:<17} {:<10} {:<40} {:>6.2}ms {:>10} {:>10}",
             p.fqdn,
             p.virtual_ipv4,
-            p.path.to_string(),
+            path,
+            utc_time(p.since_unix),
             p.remote.to_string(),
             p.rtt_ms,
             human_bytes(p.tx_bytes),

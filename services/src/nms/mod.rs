@@ -399,9 +399,16 @@ impl Nms {
             }
         }
 
+        // For a relayed pair each end also learns where the other may be reached
+        // directly, to keep trying to go direct (SPEC §8).
+        let (mut to_responder, mut to_initiator) = (extensions.clone(), extensions);
+        if rd.process_code == ProcessCode::ViaTrs {
+            to_responder.push(Extension::Candidates(initiator.location.candidates()));
+            to_initiator.push(Extension::Candidates(responder.location.candidates()));
+        }
         let mut push = Message::request(Body::RouteDirectionToResponder(rd.clone()))
             .with_node_id(responder.node_id);
-        push.extensions = extensions.clone();
+        push.extensions = to_responder;
         match rpc::transact(
             &responder.connection,
             &push,
@@ -425,7 +432,7 @@ impl Nms {
         lock(&self.registry).note_pair(initiator.node_id, responder.node_id, path_id);
         let mut reply =
             Message::response_to(request, Flag::Ok, Body::RouteDirectionToInitiator(rd));
-        reply.extensions = extensions;
+        reply.extensions = to_initiator;
         reply
     }
 

@@ -117,6 +117,29 @@ impl Location {
     }
 }
 
+impl Location {
+    /// Where a peer may try to reach this node directly (SPEC §8 hole punching): the
+    /// address NMS observed (the NAT mapping every peer sees for an endpoint-
+    /// independent NAT), then the node's own addresses at its local port (reachable
+    /// from the same LAN or when there is no NAT). Without duplicates.
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        let mut out = vec![unmap(self.observed)];
+        for ip in [
+            self.reported_v4.map(IpAddr::V4),
+            self.reported_v6.map(IpAddr::V6),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let a = SocketAddr::new(ip, self.local_port);
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
 /// The route NMS directs, i.e. the Process Code of SPEC §5 Route Direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -242,6 +265,39 @@ impl Location {
             reported_v4: None,
             reported_v6: local.map(|l| *l.ip()),
         }
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_observed_then_reported_without_duplicates() {
+        let behind = Location {
+            observed: "[::ffff:198.51.100.2]:40001".parse().unwrap(),
+            local_port: 443,
+            reported_v4: Some("192.0.2.2".parse().unwrap()),
+            reported_v6: None,
+        };
+        assert_eq!(
+            behind.candidates(),
+            vec![
+                "198.51.100.2:40001".parse::<SocketAddr>().unwrap(),
+                "192.0.2.2:443".parse().unwrap()
+            ]
+        );
+        let global = Location {
+            observed: "203.0.113.2:443".parse().unwrap(),
+            local_port: 443,
+            reported_v4: Some("203.0.113.2".parse().unwrap()),
+            reported_v6: Some("2001:db8::2".parse().unwrap()),
+        };
+        assert_eq!(
+            global.candidates().len(),
+            2,
+            "the observed = reported one once"
+        );
     }
 }
 

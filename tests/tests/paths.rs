@@ -1,0 +1,190 @@
+//! End-to-end tests of paths through every kind of network (issue 5): relayed paths
+//! through the TRS (forwarded by Connection ID), route optimization from relayed to
+//! direct (SPEC §8) with a TCP flow running across the switch, and the outcome matrix
+//! of SPEC §8 for the NAT kinds the bench has.
+
+use std::time::{Duration, Instant};
+
+use cyphonic_tests::overlay::{eventually, fqdn, tcp_transfer, CloudProc, NodeOpts, NodeProc};
+use cyphonic_tests::{require_root, Bench, Family, NatKind, DNS_SERVER_V6};
+
+const MIB: u64 = 1024 * 1024;
+
+/// Pairs no direct path can serve go through the TRS, automatically: both behind
+/// symmetric NATs, IPv4-only ↔ IPv6-only, and a host behind a firewall that only lets
+/// 443 out ↔ a host behind a symmetric NAT. Each carries a checksummed TCP transfer;
+/// the symmetric pair keeps trying to go direct and stays relayed.
+#[test]
+fn relayed_paths_for_symmetric_nats_v4_v6_and_firewalls() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("rel")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let sym1 = bench.nat("sym1", NatKind::Symmetric)?;
+    let sym2 = bench.nat("sym2", NatKind::Symmetric)?;
+    let fw = bench.firewall_443("corp")?;
+    let s1 = bench.host_in(&sym1, "s1")?;
+    let s2 = bench.host_in(&sym2, "s2")?;
+    let f = bench.host_in(&fw, "f")?;
+    let v4 = bench.public_host("v4", Family::V4)?;
+    let v6 = bench.public_host("v6", Family::V6)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let ns1 = NodeProc::start(&s1, &cloud, "s1")?;
+    let _ns2 = NodeProc::start(&s2, &cloud, "s2")?;
+    let nf = NodeProc::start(&f, &cloud, "f")?;
+    let nv4 = NodeProc::start(&v4, &cloud, "v4")?;
+    let _nv6 = NodeProc::start_with(
+        &v6,
+        &cloud,
+        "v6",
+        &NodeOpts {
+            resolv_conf: format!("nameserver {DNS_SERVER_V6}\n"),
+            ..NodeOpts::default()
+        },
+    )?;
+    assert_eq!(
+        nf.status()?["cloud"]["connected"],
+        true,
+        "behind the 443-only firewall: registered"
+    );
+
+    // Symmetric NAT ↔ symmetric NAT.
+    assert!(ns1.ping(&fqdn("s2"), 3, &[])?);
+    tcp_transfer(&s1, &s2, &fqdn("s2"), 5001, 4 * MIB)?;
+    assert_eq!(ns1.path_to(&fqdn("s2"))?, "relayed");
+
+    // IPv4-only ↔ IPv6-only: the TRS bridges the families.
+    assert!(nv4.ping(&fqdn("v6"), 3, &[])?);
+    tcp_transfer(&v4, &v6, &fqdn("v6"), 5002, 4 * MIB)?;
+    tcp_transfer(&v6, &v4, &fqdn("v4"), 5003, 4 * MIB)?;
+    assert_eq!(nv4.path_to(&fqdn("v6"))?, "relayed");
+
+    // 443-only firewall ↔ symmetric NAT.
+    assert!(nf.ping(&fqdn("s1"), 3, &[])?);
+    tcp_transfer(&f, &s1, &fqdn("s1"), 5004, 4 * MIB)?;
+    assert_eq!(nf.path_to(&fqdn("s1"))?, "relayed");
+
+    // The symmetric pair keeps trying to go direct (attempts at 0.5, 2, 5 s) and fails.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        ns1.path_to(&fqdn("s2"))?,
+        "relayed",
+        "symmetric ↔ symmetric stays relayed"
+    );
+    assert!(
+        ns1.proc
+            .log_text()
+            .contains("still relayed: no direct path yet"),
+        "the log says why the pair is still relayed"
+    );
+    Ok(())
+}
+
+/// Route optimization (SPEC §8): two hosts behind different endpoint-independent NATs
+/// start relayed (NMS's table says 3), hole-punch a direct connection, and move to it
+/// make-before-break. A TCP transfer running across the switch completes with
+/// identical bytes; `peers` shows the path went from relayed to direct.
+#[test]
+fn relayed_pair_goes_direct_without_breaking_a_tcp_flow() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("opt")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let home1 = bench.nat("home1", NatKind::EndpointIndependent)?;
+    let home2 = bench.nat("home2", NatKind::EndpointIndependent)?;
+    let h1 = bench.host_in(&home1, "h1")?;
+    let h2 = bench.host_in(&home2, "h2")?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let n1 = NodeProc::start(&h1, &cloud, "h1")?;
+    let n2 = NodeProc::start(&h2, &cloud, "h2")?;
+
+    assert!(n1.ping(&fqdn("h2"), 1, &[])?, "h1 reaches h2");
+    let first = n1.path_to(&fqdn("h2"))?;
+    let started = Instant::now();
+    // Large enough to run for seconds, across the switch.
+    tcp_transfer(&h1, &h2, &fqdn("h2"), 5001, 256 * MIB)?;
+    let took = started.elapsed();
+    assert!(
+        eventually(Duration::from_secs(15), || Ok(
+            n1.path_to(&fqdn("h2"))? == "direct"
+        ))?,
+        "the pair went direct"
+    );
+    let row = n1.peer(&fqdn("h2"))?.expect("tunnel");
+    assert_eq!(
+        row["switched_from"], "relayed",
+        "peers shows the switch: {row}"
+    );
+    assert_eq!(first, "relayed", "the pair started relayed (code 3)");
+    let row2 = n2.peer(&fqdn("h1"))?.expect("tunnel");
+    assert_eq!(row2["path"], "direct", "both ends moved: {row2}");
+    assert!(
+        n1.proc.log_text().contains("path switched"),
+        "the switch is logged"
+    );
+    eprintln!("256 MiB across the relayed→direct switch in {took:?}");
+    Ok(())
+}
+
+/// SPEC §8's outcome matrix on the bench's NAT kinds: each pair is relayed first
+/// (both behind NAT) and then either goes direct or stays relayed. Endpoint-
+/// independent NATs (port-preserving, filtering inbound until the inside sends) act as
+/// port-restricted cones.
+#[test]
+fn outcome_matrix_of_nat_kinds() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("mx")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let e1 = bench.nat("e1", NatKind::EndpointIndependent)?;
+    let e2 = bench.nat("e2", NatKind::EndpointIndependent)?;
+    let s1 = bench.nat("s1", NatKind::Symmetric)?;
+    let outer = bench.nat("outer", NatKind::EndpointIndependent)?;
+    let inner = bench.nat_behind(&outer, "inner", NatKind::EndpointIndependent)?;
+    let hosts = [
+        bench.host_in(&e1, "x1")?,
+        bench.host_in(&e2, "x2")?,
+        bench.host_in(&s1, "y1")?,
+        bench.host_in(&inner, "z")?,
+    ];
+    let cloud = CloudProc::start(&cloud_host)?;
+    let mut nodes = Vec::new();
+    for h in &hosts {
+        nodes.push(NodeProc::start(h, &cloud, &h.name)?);
+    }
+    let node = |n: &str| nodes.iter().find(|x| x.name == n).expect("node");
+    // (initiator, responder, expected path after optimization)
+    let cells = [
+        ("x1", "x2", "direct"),  // EIM ↔ EIM
+        ("z", "x2", "direct"),   // double EIM ↔ EIM
+        ("x1", "y1", "relayed"), // EIM (port-restricted) ↔ symmetric
+    ];
+    let mut report = Vec::new();
+    for (a, b, want) in cells {
+        assert!(node(a).ping(&fqdn(b), 1, &[])?, "{a} reaches {b}");
+        let settled = eventually(Duration::from_secs(12), || {
+            Ok(node(a).path_to(&fqdn(b))? == want)
+        })?;
+        if want == "relayed" {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let got = node(a).path_to(&fqdn(b))?;
+        report.push(format!("{a} -> {b}: {got}"));
+        assert!(
+            settled && got == want,
+            "{a} ↔ {b}: expected {want}, got {got}"
+        );
+        assert!(
+            node(a).ping(&fqdn(b), 2, &[])?,
+            "{a} still reaches {b} ({got})"
+        );
+    }
+    eprintln!("outcome matrix: {report:?}");
+    Ok(())
+}
