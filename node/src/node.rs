@@ -39,6 +39,33 @@ pub trait PacketSink: Send + Sync + 'static {
     fn deliver(&self, packet: &[u8]);
 }
 
+/// How long a direct attempt (dialing, or waiting for the responder to dial) may take
+/// before the pair falls back to a relayed path.
+const DIRECT_ATTEMPT: Duration = Duration::from_secs(4);
+
+/// How one route setup attempt ended, when not with a tunnel.
+#[derive(Debug)]
+enum Setup {
+    /// NMS chose a direct route and it could not be used.
+    DirectFailed(String),
+    Route(RouteError),
+}
+
+impl From<RouteError> for Setup {
+    fn from(e: RouteError) -> Setup {
+        Setup::Route(e)
+    }
+}
+
+impl Setup {
+    fn into_route_error(self) -> RouteError {
+        match self {
+            Setup::DirectFailed(why) => RouteError::Unreachable(why),
+            Setup::Route(e) => e,
+        }
+    }
+}
+
 /// Why a route could not be set up.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
@@ -453,16 +480,17 @@ impl Node {
             let _g = gate.lock().await;
             match self.lookup(&target) {
                 Some(l) => Ok(l),
-                None => {
-                    tokio::time::timeout(self.settings.setup_timeout, self.setup(target.clone()))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(RouteError::Unreachable(format!(
-                                "path setup took longer than {:?}",
-                                self.settings.setup_timeout
-                            )))
-                        })
-                }
+                None => tokio::time::timeout(
+                    self.settings.setup_timeout,
+                    self.setup_with_fallback(target.clone()),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RouteError::Unreachable(format!(
+                        "path setup took longer than {:?}",
+                        self.settings.setup_timeout
+                    )))
+                }),
             }
         };
         let mut inflight = lock(&self.inflight);
@@ -472,19 +500,47 @@ impl Node {
         result
     }
 
-    async fn setup(self: &Arc<Self>, target: DirectionTarget) -> Result<Arc<PeerLink>, RouteError> {
+    /// Set up the route NMS chooses; when a direct one fails, ask again for a relayed
+    /// one (SPEC §8 fallback: no configuration by hand).
+    async fn setup_with_fallback(
+        self: &Arc<Self>,
+        target: DirectionTarget,
+    ) -> Result<Arc<PeerLink>, RouteError> {
+        match self.setup(target.clone(), false).await {
+            Err(Setup::DirectFailed(why)) => {
+                tracing::warn!(target = %target.to_text(), reason = %why,
+                    "direct path failed: asking NMS for a relayed path");
+                self.setup(target, true)
+                    .await
+                    .map_err(Setup::into_route_error)
+            }
+            other => other.map_err(Setup::into_route_error),
+        }
+    }
+
+    /// One Direction Request and the tunnel it directs. `direct_failed`: the direct
+    /// route NMS gave before could not be used (Flag 34 asks NMS to relay).
+    async fn setup(
+        self: &Arc<Self>,
+        target: DirectionTarget,
+        direct_failed: bool,
+    ) -> Result<Arc<PeerLink>, Setup> {
         let Some(nms) = self.nms_connection() else {
             return Err(RouteError::Unreachable(
                 "not registered with NMS (cloud unreachable)".into(),
-            ));
+            )
+            .into());
         };
         let text = target.to_text();
-        let req = Message::request(Body::DirectionRequest(DirectionRequest {
+        let mut req = Message::request(Body::DirectionRequest(DirectionRequest {
             application_id: ApplicationId::ZERO,
             path_id: PathId::ZERO,
             target,
         }))
         .with_node_id(self.me.node_id);
+        if direct_failed {
+            req = req.with_flag(Flag::PeerUnreachable);
+        }
         let resp = rpc::transact(&nms, &req, CLOUD_TIMEOUT)
             .await
             .map_err(|e| match e {
@@ -493,12 +549,13 @@ impl Node {
             })?;
         let rd = match (resp.flag, &resp.body) {
             (Flag::Ok, Body::RouteDirectionToInitiator(rd)) => rd.clone(),
-            (Flag::NoSuchName, _) => return Err(RouteError::NoSuchName),
+            (Flag::NoSuchName, _) => return Err(RouteError::NoSuchName.into()),
             (flag, _) => {
                 tracing::info!(target = %text, ?flag, "NMS gave no route");
                 return Err(RouteError::Unreachable(format!(
                     "NMS refused the direction: {flag:?}"
-                )));
+                ))
+                .into());
             }
         };
         let peer = peer_of(&rd.responder);
@@ -514,14 +571,28 @@ impl Node {
                 candidates: relay_candidates(&resp, &rd),
             },
         );
-        let r = match rd.process_code {
+        let direct = match rd.process_code {
             ProcessCode::InitiatorDials | ProcessCode::SameNat => {
                 let dial = *resp.candidates().first().ok_or_else(|| {
                     RouteError::Unreachable("Route Direction without an address".into())
                 })?;
-                self.dial(dial, peer, rd.path_id, kind, None).await
+                tokio::time::timeout(
+                    DIRECT_ATTEMPT,
+                    self.dial(dial, peer, rd.path_id, kind, None),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("no answer from {dial} within {DIRECT_ATTEMPT:?}")))
             }
-            ProcessCode::ResponderDials => self.wait_for_peer(&peer.fqdn).await,
+            ProcessCode::ResponderDials => {
+                tokio::time::timeout(DIRECT_ATTEMPT, self.wait_for_peer(&peer.fqdn))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(anyhow!(
+                            "{} did not dial back within {DIRECT_ATTEMPT:?}",
+                            peer.fqdn
+                        ))
+                    })
+            }
             ProcessCode::ViaTrs => {
                 let tokens = resp.relay().ok_or_else(|| {
                     RouteError::Unreachable("relayed Route Direction without relay tokens".into())
@@ -529,16 +600,17 @@ impl Node {
                 let trs = trs_address(&rd, self.me.nms.is_ipv6()).ok_or_else(|| {
                     RouteError::Unreachable("relayed Route Direction without a TRS address".into())
                 })?;
-                match self.ensure_trs(trs).await {
+                let relayed = match self.ensure_trs(trs).await {
                     Ok(()) => {
                         self.dial(trs, peer, rd.path_id, kind, Some(tokens.responder))
                             .await
                     }
                     Err(e) => Err(e),
-                }
+                };
+                return relayed.map_err(|e| RouteError::Unreachable(format!("{e:#}")).into());
             }
         };
-        r.map_err(|e| RouteError::Unreachable(format!("{e:#}")))
+        direct.map_err(|e| Setup::DirectFailed(format!("{e:#}")))
     }
 
     async fn wait_for_peer(&self, fqdn: &Fqdn) -> Result<Arc<PeerLink>> {

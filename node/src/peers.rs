@@ -296,8 +296,17 @@ impl PeerTable {
             let o = old.expect("checked above");
             return (o, Some(link));
         }
-        if let Some(o) = old.as_ref().filter(|o| o.is_alive() && o.kind != link.kind) {
-            let _ = link.switched_from.set(o.kind);
+        // Keep the path history: relayed → direct, also when a second direct
+        // connection (both ends hole-punched) replaces the first.
+        if let Some(o) = old.as_ref().filter(|o| o.is_alive()) {
+            let from = if o.kind != link.kind {
+                Some(o.kind)
+            } else {
+                o.switched_from.get().copied()
+            };
+            if let Some(f) = from {
+                let _ = link.switched_from.set(f);
+            }
         }
         g.by_fqdn.insert(link.peer.fqdn.clone(), link.clone());
         g.by_v4.insert(link.peer.virtual_ipv4, link.clone());

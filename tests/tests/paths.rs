@@ -188,3 +188,69 @@ fn outcome_matrix_of_nat_kinds() -> anyhow::Result<()> {
     eprintln!("outcome matrix: {report:?}");
     Ok(())
 }
+
+/// Firewall traversal and fallback: a host behind a firewall that only lets 443 out
+/// gets full service. A peer listening on 443 is reached directly; peers listening on
+/// 4433 cannot be (NMS still directs them direct: code 1 when the firewalled host
+/// initiates, code 2 when the peer does), the direct attempt fails, and the pair is
+/// carried by the TRS automatically, with a log line saying why.
+#[test]
+fn firewalled_host_goes_direct_on_443_and_falls_back_to_the_relay_otherwise() -> anyhow::Result<()>
+{
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("fw")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let corp = bench.firewall_443("corp")?;
+    let f = bench.host_in(&corp, "f")?;
+    let p = bench.public_host("p", Family::V4)?;
+    let q = bench.public_host("q", Family::V4)?;
+    let r = bench.public_host("r", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let nf = NodeProc::start(&f, &cloud, "f")?;
+    let _np = NodeProc::start(&p, &cloud, "p")?;
+    let on_4433 = NodeOpts {
+        port: 4433,
+        ..NodeOpts::default()
+    };
+    let _nq = NodeProc::start_with(&q, &cloud, "q", &on_4433)?;
+    let nr = NodeProc::start_with(&r, &cloud, "r", &on_4433)?;
+
+    assert!(
+        nf.ping(&fqdn("p"), 2, &[])?,
+        "f reaches p (listening on 443)"
+    );
+    assert_eq!(nf.path_to(&fqdn("p"))?, "direct");
+
+    assert!(
+        nf.ping(&fqdn("q"), 2, &[])?,
+        "f reaches q (listening on 4433)"
+    );
+    assert_eq!(
+        nf.path_to(&fqdn("q"))?,
+        "relayed",
+        "code 1 failed, relayed instead"
+    );
+    tcp_transfer(&f, &q, &fqdn("q"), 5001, 4 * MIB)?;
+
+    assert!(
+        nr.ping(&fqdn("f"), 2, &[])?,
+        "r reaches f behind the firewall"
+    );
+    assert_eq!(
+        nr.path_to(&fqdn("f"))?,
+        "relayed",
+        "code 2 failed, relayed instead"
+    );
+    for (node, why) in [(&nf, "f"), (&nr, "r")] {
+        assert!(
+            node.proc
+                .log_text()
+                .contains("direct path failed: asking NMS for a relayed path"),
+            "{why}'s log says why the pair is relayed"
+        );
+    }
+    Ok(())
+}

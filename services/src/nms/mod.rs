@@ -339,7 +339,16 @@ impl Nms {
             return refusal(request, Flag::ForbiddenByPolicy);
         }
         let path_id = PathId::derive(&initiator.fqdn, &responder.fqdn);
-        let choice = route::select(&initiator.location, &responder.location);
+        // A Direction Request with Flag 34 says the direct route NMS gave before could
+        // not be used (blocked port, filtering NAT, firewall): relay this pair.
+        let choice = if request.flag == Flag::PeerUnreachable {
+            route::Choice {
+                route: Route::Relay,
+                reason: "the initiator could not reach the responder on the direct route",
+            }
+        } else {
+            route::select(&initiator.location, &responder.location)
+        };
         tracing::info!(initiator = %initiator.fqdn, responder = %responder.fqdn, path = %path_id,
             "route chosen: {choice}");
 
