@@ -26,6 +26,9 @@ pub struct LoginInfo {
     /// The NMS to register with, in the address family the AS was reached over when
     /// NMS has one.
     pub nms: SocketAddr,
+    /// Every NMS address the Login Response gave (`nms` first): a node that loses the
+    /// family it used moves to the other.
+    pub nms_all: Vec<SocketAddr>,
 }
 
 fn refused(what: &str, flag: Flag) -> anyhow::Error {
@@ -171,12 +174,25 @@ pub async fn login(
         (_, None, None) => SocketAddr::new(cloud.ip(), l.nms_port),
     };
     let nms = unmapped(nms);
+    let mut nms_all = vec![nms];
+    for a in [
+        l.nms_ipv4.map(|a| SocketAddr::new(a.into(), l.nms_port)),
+        l.nms_ipv6.map(|a| SocketAddr::new(a.into(), l.nms_port)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !nms_all.contains(&a) {
+            nms_all.push(a);
+        }
+    }
     Ok(LoginInfo {
         node_id,
         fqdn: l.fqdn,
         virtual_ipv4: l.virtual_ipv4,
         virtual_ipv6: l.virtual_ipv6,
         nms,
+        nms_all,
     })
 }
 

@@ -140,6 +140,32 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             }
         }));
     }
+    // SPEC §6 Mobility: address and route changes from netlink; a slow poll only as
+    // a backstop for events the kernel dropped.
+    match crate::netwatch::NetWatch::new() {
+        Ok(watch) => {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = watch.changed() => {
+                            if let Err(e) = r {
+                                tracing::error!(error = %e, "netlink watch failed; polling only");
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                            }
+                            // Let a move's burst of events settle.
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                    node.network_changed().await;
+                }
+            }));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch address changes (netlink); mobility needs a restart")
+        }
+    }
     if !node.wait_registered(Duration::from_secs(15)).await {
         tracing::warn!("not registered with NMS yet; continuing and retrying in the background");
     }

@@ -6,6 +6,7 @@
 //! - [`node`]: one identity's NMS session, route setup, tunnels and data plane;
 //! - [`peers`]: the tunnels by virtual address and the paths NMS named;
 //! - [`tun`], [`dns`]: the host side (TUN device, overlay resolver);
+//! - [`netwatch`]: address and route changes from netlink (mobility);
 //! - [`control`]: `status` / `peers` for the operator CLI;
 //! - [`daemon`]: start-up and shutdown of `cyphonic-node run`.
 
@@ -15,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod endpoint;
+pub mod netwatch;
 pub mod node;
 pub mod packet;
 pub mod peers;

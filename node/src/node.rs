@@ -39,6 +39,10 @@ pub trait PacketSink: Send + Sync + 'static {
     fn deliver(&self, packet: &[u8]);
 }
 
+/// How long (at least; 4 RTTs on slow paths) a tunnel gets to answer from a node's
+/// new location before it is set up afresh.
+const MOVE_PROBE: Duration = Duration::from_millis(250);
+
 /// How long a direct attempt (dialing, or waiting for the responder to dial) may take
 /// before the pair falls back to a relayed path.
 const DIRECT_ATTEMPT: Duration = Duration::from_secs(4);
@@ -129,6 +133,14 @@ pub struct Node {
     negative: Mutex<HashMap<IpAddr, Instant>>,
     trs: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
     seq: AtomicU32,
+    /// The NMS address in use (of `me.nms_all`, one the host can reach now).
+    nms_now: Mutex<SocketAddr>,
+    /// The local address toward NMS at the last check (a change is a move).
+    last_source: Mutex<Option<IpAddr>>,
+    /// One move handled at a time.
+    moving: tokio::sync::Mutex<()>,
+    /// Virtual addresses of peers seen so far → their FQDN (see `gate_key`).
+    known: Mutex<HashMap<IpAddr, Fqdn>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -220,7 +232,8 @@ impl Node {
         settings: NodeSettings,
         sink: Arc<dyn PacketSink>,
     ) -> Arc<Node> {
-        let (nms, _) = tokio::sync::watch::channel(None);
+        let nms = me.nms;
+        let (nms_tx, _) = tokio::sync::watch::channel(None);
         let status = CloudStatus {
             as_address: Some(settings.cloud),
             nms_address: Some(me.nms),
@@ -233,13 +246,17 @@ impl Node {
             settings,
             peers: PeerTable::default(),
             sink,
-            nms,
+            nms: nms_tx,
             cloud_status: Mutex::new(status),
             inflight: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             negative: Mutex::new(HashMap::new()),
             trs: tokio::sync::Mutex::new(HashMap::new()),
             seq: AtomicU32::new(0),
+            nms_now: Mutex::new(nms),
+            last_source: Mutex::new(cloud::source_address_for(nms)),
+            moving: tokio::sync::Mutex::new(()),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -274,8 +291,13 @@ impl Node {
     pub async fn run_cloud(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(500);
         loop {
+            let mut again_at_once = false;
             match self.clone().cloud_session().await {
-                Ok(()) => backoff = Duration::from_millis(500),
+                Ok(()) => {
+                    // It was registered: reconnect at once (e.g. after a move).
+                    backoff = Duration::from_millis(500);
+                    again_at_once = true;
+                }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "cloud connection failed");
                     let mut s = lock(&self.cloud_status);
@@ -288,13 +310,17 @@ impl Node {
                 s.connected = false;
                 s.since_unix = unix_now();
             }
+            if again_at_once {
+                continue;
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(15));
         }
     }
 
     async fn cloud_session(self: Arc<Self>) -> Result<()> {
-        let nms = self.me.nms;
+        let nms = self.pick_nms();
+        lock(&self.cloud_status).nms_address = Some(nms);
         let conn = self
             .ep
             .connect_service(Some(&self.creds), Role::Nms, nms, &self.settings.domain)
@@ -401,7 +427,7 @@ impl Node {
         );
         match rd.process_code {
             ProcessCode::ViaTrs => {
-                let prefer_v6 = self.me.nms.is_ipv6();
+                let prefer_v6 = self.current_nms().is_ipv6();
                 let Some(trs) = trs_address(rd, prefer_v6) else {
                     return refusal(m, Flag::PeerUnreachable);
                 };
@@ -419,7 +445,10 @@ impl Node {
                 tokio::spawn(async move {
                     // NMS answers the initiator after our confirmation; give it a moment.
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    if let Err(e) = me.dial(dial, peer, path, PathKind::Direct, None).await {
+                    if let Err(e) = me
+                        .dial(dial, peer, path, PathKind::Direct, None, true)
+                        .await
+                    {
                         tracing::warn!(error = %format!("{e:#}"), %dial, "dialing the initiator failed");
                     }
                 });
@@ -454,7 +483,168 @@ impl Node {
         Ok(())
     }
 
+    // ----- mobility (SPEC §6) --------------------------------------------------------
+
+    pub fn current_nms(&self) -> SocketAddr {
+        *lock(&self.nms_now)
+    }
+
+    /// The NMS address to use: the current one while the host can reach its family,
+    /// else another the Login Response gave.
+    fn pick_nms(&self) -> SocketAddr {
+        let now = self.current_nms();
+        let reachable = |a: &SocketAddr| cloud::source_address_for(*a).is_some();
+        if reachable(&now) {
+            return now;
+        }
+        let next = self
+            .me
+            .nms_all
+            .iter()
+            .copied()
+            .find(reachable)
+            .unwrap_or(now);
+        *lock(&self.nms_now) = next;
+        next
+    }
+
+    /// The host's addresses or routes changed: if this node's own address toward NMS
+    /// changed, it moved. It re-registers (the NMS connection migrates, NMS tells the
+    /// peers), then checks every tunnel: where this node is the QUIC client the
+    /// connection migrates and a probe confirms it; where it was the server (QUIC
+    /// cannot move a server) or the probe fails, the pair is set up afresh from the new
+    /// location and the fresh tunnel replaces the stale one. Virtual addresses never
+    /// change, so overlay flows only see a pause.
+    pub async fn network_changed(self: &Arc<Self>) {
+        let _one = self.moving.lock().await;
+        let before = self.current_nms();
+        let nms = self.pick_nms();
+        let source = cloud::source_address_for(nms);
+        let previous = std::mem::replace(&mut *lock(&self.last_source), source);
+        if previous == source && nms == before {
+            return;
+        }
+        tracing::info!(from = ?previous, to = ?source, nms = %nms,
+            "real address changed: re-registering and checking tunnels");
+        if source.is_none() {
+            return; // no route at all: wait for the next change
+        }
+        let registered = match self.nms_connection() {
+            Some(conn) if nms == before => {
+                let req = cloud::registration(&self.ep, self.me.node_id, nms);
+                match cloud::register(&conn, &req).await {
+                    Ok(reg) => {
+                        tracing::info!(observed = ?reg.observed, nat = reg.nat, "re-registered after the move");
+                        let mut s = lock(&self.cloud_status);
+                        s.observed = reg.observed;
+                        s.nat = Some(reg.nat);
+                        s.since_unix = unix_now();
+                        s.registrations += 1;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "re-registration failed; reconnecting");
+                        conn.close(quinn::VarInt::from_u32(0), b"moved");
+                        false
+                    }
+                }
+            }
+            Some(conn) => {
+                // Another address family: a new connection (run_cloud reconnects).
+                conn.close(quinn::VarInt::from_u32(0), b"moved to another family");
+                false
+            }
+            None => false,
+        };
+        if !registered {
+            let mut rx = self.nms.subscribe();
+            let _ = rx.borrow_and_update();
+            let live = |c: &Option<quinn::Connection>| {
+                c.as_ref().is_some_and(|c| c.close_reason().is_none())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(live)).await;
+        }
+        self.revalidate_trs().await;
+        for link in self.peers.links() {
+            let me = self.clone();
+            tokio::spawn(async move { me.revalidate(link).await });
+        }
+    }
+
+    /// Make the TRS control connections migrate now (a round trip from the new
+    /// address), so relayed tunnels follow.
+    async fn revalidate_trs(&self) {
+        let conns: Vec<quinn::Connection> = self.trs.lock().await.values().cloned().collect();
+        for c in conns {
+            let ka = Message::request(Body::KeepAlive).with_node_id(self.me.node_id);
+            let _ = rpc::transact(&c, &ka, Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn revalidate(self: Arc<Self>, link: Arc<PeerLink>) {
+        let remote = cloud::unmapped(link.conn.remote_address());
+        let routable = cloud::source_address_for(remote).is_some();
+        if routable && (link.dialed || link.kind == PathKind::Relayed) {
+            let ka = Message::request(Body::KeepAlive).with_path_id(link.path_id);
+            let wait = (link.conn.rtt() * 4).max(MOVE_PROBE);
+            if rpc::transact(&link.conn, &ka, wait).await.is_ok() {
+                tracing::info!(peer = %link.peer.fqdn, path = %link.kind, "tunnel survived the move");
+                return;
+            }
+        }
+        let current = self.peers.by_fqdn(&link.peer.fqdn);
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, &link)) {
+            return;
+        }
+        tracing::info!(peer = %link.peer.fqdn, was = %link.kind, dialed = link.dialed,
+            "tunnel cannot follow the move: setting the pair up afresh");
+        // It is dead from here: packets wait for the new tunnel instead, and the new
+        // one does not have to win against it.
+        self.peers.remove(&link);
+        let stale = link.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stale.conn.close(quinn::VarInt::from_u32(0), b"moved");
+        });
+        let target = DirectionTarget::Fqdn(link.peer.fqdn.clone());
+        let gate = lock(&self.inflight)
+            .entry(self.gate_key(&target))
+            .or_default()
+            .clone();
+        let _g = gate.lock().await;
+        match tokio::time::timeout(
+            self.settings.setup_timeout,
+            self.setup_with_fallback(target),
+        )
+        .await
+        {
+            Ok(Ok(l)) => {
+                tracing::info!(peer = %l.peer.fqdn, path = %l.kind, "tunnel re-established after the move")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %link.peer.fqdn, error = %e, "could not re-establish the tunnel")
+            }
+            Err(_) => {
+                tracing::warn!(peer = %link.peer.fqdn, "re-establishing the tunnel timed out")
+            }
+        }
+    }
+
     // ----- route setup (initiator) ------------------------------------------------
+
+    /// One route setup per peer at a time: a peer's virtual addresses and its FQDN
+    /// share one gate once the peer is known.
+    fn gate_key(&self, target: &DirectionTarget) -> String {
+        let vip = match target {
+            DirectionTarget::Fqdn(f) => return f.to_string(),
+            DirectionTarget::VirtualIpv4(a) => IpAddr::V4(*a),
+            DirectionTarget::VirtualIpv6(a) => IpAddr::V6(*a),
+        };
+        match lock(&self.known).get(&vip) {
+            Some(f) => f.to_string(),
+            None => target.to_text(),
+        }
+    }
 
     fn lookup(&self, target: &DirectionTarget) -> Option<Arc<PeerLink>> {
         let l = match target {
@@ -474,7 +664,7 @@ impl Node {
         if let Some(l) = self.lookup(&target) {
             return Ok(l);
         }
-        let key = target.to_text();
+        let key = self.gate_key(&target);
         let gate = lock(&self.inflight).entry(key.clone()).or_default().clone();
         let result = {
             let _g = gate.lock().await;
@@ -578,7 +768,7 @@ impl Node {
                 })?;
                 tokio::time::timeout(
                     DIRECT_ATTEMPT,
-                    self.dial(dial, peer, rd.path_id, kind, None),
+                    self.dial(dial, peer, rd.path_id, kind, None, true),
                 )
                 .await
                 .unwrap_or_else(|_| Err(anyhow!("no answer from {dial} within {DIRECT_ATTEMPT:?}")))
@@ -597,12 +787,12 @@ impl Node {
                 let tokens = resp.relay().ok_or_else(|| {
                     RouteError::Unreachable("relayed Route Direction without relay tokens".into())
                 })?;
-                let trs = trs_address(&rd, self.me.nms.is_ipv6()).ok_or_else(|| {
+                let trs = trs_address(&rd, self.current_nms().is_ipv6()).ok_or_else(|| {
                     RouteError::Unreachable("relayed Route Direction without a TRS address".into())
                 })?;
                 let relayed = match self.ensure_trs(trs).await {
                     Ok(()) => {
-                        self.dial(trs, peer, rd.path_id, kind, Some(tokens.responder))
+                        self.dial(trs, peer, rd.path_id, kind, Some(tokens.responder), true)
                             .await
                     }
                     Err(e) => Err(e),
@@ -631,6 +821,7 @@ impl Node {
         path: PathId,
         kind: PathKind,
         via: Option<RelayToken>,
+        fresh: bool,
     ) -> Result<Arc<PeerLink>> {
         let conn = self
             .ep
@@ -645,7 +836,11 @@ impl Node {
                 peer.fqdn
             ));
         }
-        let req = Message::request(Body::TunnelRequest).with_path_id(path);
+        let mut req = Message::request(Body::TunnelRequest).with_path_id(path);
+        if !fresh {
+            // An extra connection from hole punching (SPEC §8).
+            req = req.with_flag(Flag::Optimization);
+        }
         let resp = rpc::transact(&conn, &req, CLOUD_TIMEOUT)
             .await
             .map_err(|e| anyhow!("Tunnel Request to {} refused: {e}", peer.fqdn))?;
@@ -653,7 +848,9 @@ impl Node {
             conn.close(quinn::VarInt::from_u32(0), b"tunnel refused");
             return Err(anyhow!("{} refused the tunnel: {:?}", peer.fqdn, resp.flag));
         }
-        let link = Arc::new(PeerLink::new(peer, path, kind, conn, true, id.node_id));
+        let mut link = PeerLink::new(peer, path, kind, conn, true, id.node_id);
+        link.fresh = fresh;
+        let link = Arc::new(link);
         Ok(self.clone().activate(link))
     }
 
@@ -672,6 +869,18 @@ impl Node {
             return current;
         }
         link.touch();
+        {
+            let mut known = lock(&self.known);
+            if known.len() > 65536 {
+                known.clear();
+            }
+            for a in [
+                IpAddr::V4(link.peer.virtual_ipv4),
+                IpAddr::V6(link.peer.virtual_ipv6),
+            ] {
+                known.insert(a, link.peer.fqdn.clone());
+            }
+        }
         tracing::info!(peer = %link.peer.fqdn, path = %link.kind, remote = %link.conn.remote_address(),
             dialed = link.dialed, max_datagram = ?link.conn.max_datagram_size(), "tunnel up");
         tokio::spawn(self.clone().receive_loop(link.clone()));
@@ -734,11 +943,14 @@ impl Node {
                     PathKind::Lan
                 };
                 tries.spawn(async move {
-                    tokio::time::timeout(OPTIMIZE_ATTEMPT, me.dial(addr, peer, path, kind, None))
-                        .await
-                        .map_err(|_| anyhow!("timed out"))
-                        .and_then(|r| r)
-                        .map_err(|e| format!("{addr}: {e:#}"))
+                    tokio::time::timeout(
+                        OPTIMIZE_ATTEMPT,
+                        me.dial(addr, peer, path, kind, None, false),
+                    )
+                    .await
+                    .map_err(|_| anyhow!("timed out"))
+                    .and_then(|r| r)
+                    .map_err(|e| format!("{addr}: {e:#}"))
                 });
             }
             let mut failures = Vec::new();
@@ -920,7 +1132,9 @@ impl Node {
             PathKind::Relayed => PathKind::Direct,
             k => k,
         };
-        let link = Arc::new(PeerLink::new(e.peer, path, kind, conn, false, id.node_id));
+        let mut link = PeerLink::new(e.peer, path, kind, conn, false, id.node_id);
+        link.fresh = req.flag != Flag::Optimization;
+        let link = Arc::new(link);
         self.activate(link);
         Ok(())
     }

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use cyphonic_proto::{Fqdn, NodeId, PathId};
 use serde::Serialize;
 
+/// A fresh tunnel replaces an existing one older than this; younger ones are a race
+/// of two simultaneous setups, settled by the NodeID rule.
+pub const FRESH_AFTER: Duration = Duration::from_secs(2);
+
 /// Oversize packets queued per link for its stream; more are dropped.
 const OVERSIZE_QUEUE: usize = 256;
 
@@ -72,6 +76,9 @@ pub struct PeerLink {
     pub conn: quinn::Connection,
     /// Whether this node dialed the connection.
     pub dialed: bool,
+    /// A tunnel set up by a Route Direction (or re-set-up after a move), as opposed
+    /// to an extra connection from hole punching (Tunnel Request with Flag 12).
+    pub fresh: bool,
     pub peer_node_id: Option<NodeId>,
     pub started: Instant,
     pub started_wall: SystemTime,
@@ -99,6 +106,7 @@ impl PeerLink {
             kind,
             conn,
             dialed,
+            fresh: true,
             peer_node_id,
             started: Instant::now(),
             started_wall: SystemTime::now(),
@@ -261,10 +269,11 @@ impl PeerTable {
     }
 
     /// Install a link. When the peer already has a live one, one connection per pair
-    /// survives (SPEC §6, §8): a direct (or LAN) path beats a relayed one; between two
-    /// of the same kind dialed by different ends, the one dialed by the lower NodeID;
-    /// otherwise the newer. Returns the link now in use and the one displaced (to be
-    /// closed after a drain), if any.
+    /// survives (SPEC §6, §8): a fresh tunnel (set up by a Route Direction, e.g. after
+    /// a move) replaces one older than [`FRESH_AFTER`]; otherwise a direct (or LAN) path
+    /// beats a relayed one; between two of the same kind dialed by different ends, the
+    /// one dialed by the lower NodeID; otherwise the newer. Returns the link now in use
+    /// and the one displaced (to be closed after a drain), if any.
     pub fn install(
         &self,
         link: Arc<PeerLink>,
@@ -276,6 +285,7 @@ impl PeerTable {
         let keep_new = match &old {
             None => true,
             Some(o) if !o.is_alive() => true,
+            Some(o) if link.fresh && o.started.elapsed() > FRESH_AFTER => true,
             Some(o) if relayed(o) != relayed(&link) => relayed(o),
             Some(o) if o.dialed == link.dialed => true,
             Some(o) => {

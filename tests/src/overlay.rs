@@ -395,3 +395,136 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> Result<bool>) ->
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A checksummed TCP transfer running in the background (for flows that must
+/// survive something happening meanwhile).
+pub struct TcpFlow {
+    sink: Proc,
+    send: Proc,
+}
+
+impl TcpFlow {
+    /// Start a transfer of `bytes` from `from` to `to` (reached at `to_name`).
+    pub fn start(from: &Host, to: &Host, to_name: &str, port: u16, bytes: u64) -> Result<TcpFlow> {
+        let sink = to.spawn(
+            binary("cyphonic-probe")?,
+            [
+                "--timeout",
+                "120",
+                "tcp-sink",
+                "--listen",
+                &format!("[::]:{port}"),
+            ],
+            &format!("flow-sink-{}-{port}.log", to.name),
+        )?;
+        sink.wait_for_log("listening", Duration::from_secs(10))?;
+        let send = from.spawn(
+            binary("cyphonic-probe")?,
+            [
+                "--timeout",
+                "120",
+                "tcp-send",
+                "--to",
+                &format!("{to_name}:{port}"),
+                "--bytes",
+                &bytes.to_string(),
+            ],
+            &format!("flow-send-{}-{port}.log", from.name),
+        )?;
+        Ok(TcpFlow { sink, send })
+    }
+
+    /// Wait for the end; an error unless the receiver got exactly what was sent.
+    pub fn finish(self, timeout: Duration) -> Result<Value> {
+        let status = self.send.wait(timeout)?;
+        let sent = last_json(&self.send.log_text()).with_context(|| {
+            format!(
+                "sender printed no result ({status}): {}",
+                self.send.log_text()
+            )
+        })?;
+        self.sink.wait(Duration::from_secs(20))?;
+        let got = last_json(&self.sink.log_text())
+            .with_context(|| format!("receiver printed no result: {}", self.sink.log_text()))?;
+        if got["bytes"] != sent["bytes"] || got["sha256"] != sent["sha256"] {
+            bail!("TCP flow corrupted: sent {sent}, received {got}");
+        }
+        Ok(sent)
+    }
+}
+
+fn last_json(text: &str) -> Option<Value> {
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// `ping -D` in the background: the arrival time of every reply, to measure how long
+/// the overlay was interrupted.
+pub struct PingStream {
+    proc: Proc,
+}
+
+impl PingStream {
+    /// Ping `target` every `interval_ms` (root may go below 200 ms), `count` times.
+    pub fn start(host: &Host, target: &str, interval_ms: u32, count: u32) -> Result<PingStream> {
+        let interval = format!("{:.3}", f64::from(interval_ms) / 1000.0);
+        let proc = host.spawn(
+            "ping",
+            [
+                "-D",
+                "-n",
+                "-W",
+                "1",
+                "-i",
+                &interval,
+                "-c",
+                &count.to_string(),
+                target,
+            ],
+            &format!("ping-{}-{}.log", host.name, target.replace(':', "_")),
+        )?;
+        Ok(PingStream { proc })
+    }
+
+    /// Unix times (seconds) of the replies so far.
+    pub fn replies(&self) -> Vec<f64> {
+        self.proc
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect()
+    }
+
+    /// The interruption after `t` (unix time): the longest silence between replies
+    /// from `t` on, i.e. from the last reply before the outage to the first packet
+    /// through the tunnel again. None when no reply came after `t`.
+    pub fn interruption_after(&self, t: f64) -> Option<f64> {
+        let replies = self.replies();
+        let mut prev = replies
+            .iter()
+            .rev()
+            .find(|r| **r <= t)
+            .copied()
+            .unwrap_or(t);
+        let mut worst: Option<f64> = None;
+        for r in replies.into_iter().filter(|r| *r > t) {
+            worst = Some(worst.unwrap_or(0.0).max(r - prev));
+            prev = r;
+        }
+        worst
+    }
+
+    pub fn stop(&self) {
+        let _ = self.proc.stop();
+    }
+}
+
+/// The current unix time in seconds.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

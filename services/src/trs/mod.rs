@@ -124,11 +124,23 @@ impl Trs {
         tracing::info!(fqdn = %peer.fqdn, %addr, "TRS control connection up");
 
         let serving = {
-            let conn = conn.clone();
-            tokio::spawn(rpc::serve(conn, |m: Message| async move {
-                match m.body {
-                    Body::KeepAlive => Some(Message::response_to(&m, Flag::Ok, Body::KeepAliveAck)),
-                    _ => Some(refusal(&m, Flag::Malformed)),
+            let serving = conn.clone();
+            let trs = self.clone();
+            let watched = conn.clone();
+            tokio::spawn(rpc::serve(serving, move |m: Message| {
+                // A node's Keep Alive says "this is where I am now" (e.g. right after
+                // it moved): follow it at once rather than at the next poll, so the
+                // relayed packets it sends next are forwarded.
+                if matches!(m.body, Body::KeepAlive) && lock(&trs.control).get(&node) == Some(&id) {
+                    lock(&trs.table).node_at(node, watched.remote_address());
+                }
+                async move {
+                    match m.body {
+                        Body::KeepAlive => {
+                            Some(Message::response_to(&m, Flag::Ok, Body::KeepAliveAck))
+                        }
+                        _ => Some(refusal(&m, Flag::Malformed)),
+                    }
                 }
             }))
         };
