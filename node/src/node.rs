@@ -416,15 +416,7 @@ impl Node {
                     .close(quinn::VarInt::from_u32(0), b"superseded by a new direction");
             }
         }
-        self.peers.expect(
-            rd.path_id,
-            Expected {
-                peer: peer.clone(),
-                kind,
-                until: Instant::now() + EXPECT_TTL,
-                candidates: relay_candidates(m, rd),
-            },
-        );
+        self.expect_path(m, rd, &peer, kind);
         match rd.process_code {
             ProcessCode::ViaTrs => {
                 let prefer_v6 = self.current_nms().is_ipv6();
@@ -458,6 +450,20 @@ impl Node {
         let mut r = Message::response_to(m, Flag::Ok, Body::RouteDirectionConfirmation(rd.clone()));
         r.extensions = m.extensions.clone();
         r
+    }
+
+    /// Remember the path a Route Direction named (to Responder or to Initiator): the
+    /// peer that may open or answer a tunnel for it, and its candidates if relayed.
+    fn expect_path(&self, m: &Message, rd: &RouteDirection, peer: &PeerInfo, kind: PathKind) {
+        self.peers.expect(
+            rd.path_id,
+            Expected {
+                peer: peer.clone(),
+                kind,
+                until: Instant::now() + EXPECT_TTL,
+                candidates: relay_candidates(m, rd),
+            },
+        );
     }
 
     /// A control connection to a TRS, so it knows our observed address (SPEC §7).
@@ -752,15 +758,7 @@ impl Node {
         let kind = kind_of(rd.process_code);
         tracing::info!(responder = %peer.fqdn, path = %rd.path_id, code = rd.process_code as u8,
             "Route Direction to Initiator: {kind} path");
-        self.peers.expect(
-            rd.path_id,
-            Expected {
-                peer: peer.clone(),
-                kind,
-                until: Instant::now() + EXPECT_TTL,
-                candidates: relay_candidates(&resp, &rd),
-            },
-        );
+        self.expect_path(&resp, &rd, &peer, kind);
         let direct = match rd.process_code {
             ProcessCode::InitiatorDials | ProcessCode::SameNat => {
                 let dial = *resp.candidates().first().ok_or_else(|| {
