@@ -168,6 +168,14 @@ fn dns_forwards_normal_names_and_fails_fast_on_unknown_overlay_names() -> anyhow
     let na = NodeProc::start(&a, &cloud, "a")?;
     let nb = NodeProc::start(&b, &cloud, "b")?;
 
+    // A packet to a virtual address with no tunnel yet sets up the route (no DNS).
+    let a_v4 = na.virtual_ipv4()?.to_string();
+    assert!(
+        nb.ping(&a_v4, 3, &[])?,
+        "b reaches a's virtual address directly"
+    );
+    assert!(nb.peer(&fqdn("a"))?.is_some());
+
     let (addrs, _) = resolve(&a, DNS_TEST_NAME)?;
     assert!(
         addrs.contains(&DNS_TEST_V4.into()),
@@ -188,6 +196,12 @@ fn dns_forwards_normal_names_and_fails_fast_on_unknown_overlay_names() -> anyhow
     let during = std::fs::read_to_string(&etc)?;
     assert!(during.contains("nameserver 127.0.0.88"), "{during}");
     na.stop()?;
+    assert!(
+        eventually(Duration::from_secs(5), || Ok(nb
+            .peer(&fqdn("a"))?
+            .is_none()))?,
+        "a's clean shutdown (Finalization, tunnels closed) ended b's tunnel to it"
+    );
     let after = std::fs::read_to_string(&etc)?;
     assert_eq!(
         after,
@@ -387,5 +401,36 @@ fn oversize_packets_get_packet_too_big_and_tcp_adapts() -> anyhow::Result<()> {
         handled >= 1,
         "a answered oversize packets with Packet Too Big or carried them: {row}"
     );
+    Ok(())
+}
+
+/// Idle tunnels are closed (here after 2 s without a packet) and set up again on
+/// demand.
+#[test]
+fn idle_tunnels_close_and_come_back() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("idle")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::V4)?;
+    let b = bench.public_host("b", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let quick = NodeOpts {
+        idle_secs: 2,
+        ..NodeOpts::default()
+    };
+    let na = NodeProc::start_with(&a, &cloud, "a", &quick)?;
+    let _nb = NodeProc::start_with(&b, &cloud, "b", &quick)?;
+    assert!(na.ping(&fqdn("b"), 1, &[])?);
+    assert!(na.peer(&fqdn("b"))?.is_some());
+    assert!(
+        eventually(Duration::from_secs(15), || Ok(na
+            .peer(&fqdn("b"))?
+            .is_none()))?,
+        "the idle tunnel was closed"
+    );
+    assert!(na.ping(&fqdn("b"), 1, &[])?, "and comes back on demand");
     Ok(())
 }

@@ -180,7 +180,7 @@ fn print_peers(peers: &[PeerStatus]) {
         return;
     }
     println!(
-        "{:<32} {:<15} {:<17} {:<10} {:<40} {:>8} {:>10} {:>10}",
+        "{:<32} {:<15} {:<21} {:<10} {:<40} {:>8} {:>10} {:>10}",
         "PEER", "VIRTUAL", "PATH", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED"
     );
     for p in peers {
@@ -189,7 +189,7 @@ fn print_peers(peers: &[PeerStatus]) {
             None => p.path.to_string(),
         };
         println!(
-            "{:<32} {:<15} {:<17} {:<10} {:<40} {:>6.2}ms {:>10} {:>10}",
+            "{:<32} {:<15} {:<21} {:<10} {:<40} {:>6.2}ms {:>10} {:>10}",
             p.fqdn,
             p.virtual_ipv4,
             path,

@@ -110,6 +110,14 @@ fn run(cli_args: Cli) -> Result<()> {
         );
     }
 
+    if cli_args.once {
+        println!("\nDone (--once): removing everything. Run without --once to keep it up.");
+        return if ok {
+            Ok(())
+        } else {
+            bail!("the demo pings failed")
+        };
+    }
     let dir = bench.bench_dir().display().to_string();
     println!("\nCYPHONIC is up. Try next, in another terminal (as root):");
     println!("  ip netns exec {} ping bob.cyphonic.internal", alice.ns);
@@ -130,13 +138,6 @@ fn run(cli_args: Cli) -> Result<()> {
         cloud.config.display()
     );
     println!("  logs: {dir}/*.log");
-    if cli_args.once {
-        return if ok {
-            Ok(())
-        } else {
-            bail!("the demo pings failed")
-        };
-    }
     println!("Ctrl-C stops everything and removes the namespaces.");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
