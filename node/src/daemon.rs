@@ -2,7 +2,7 @@
 //! socket), then serve until SIGINT/SIGTERM, then a clean shutdown (Finalization,
 //! host DNS restored, TUN and its routes removed).
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::Ipv6Addr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,7 @@ impl OverlayResolver for Resolver {
     }
 }
 
-fn load_or_enroll_blocking_check(cfg: &NodeConfig) -> Result<()> {
+fn create_state_dir(cfg: &NodeConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state directory {}", cfg.state_dir.display()))?;
     Ok(())
@@ -63,7 +63,7 @@ fn load_or_enroll_blocking_check(cfg: &NodeConfig) -> Result<()> {
 /// Run the daemon until a signal.
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     cfg.validate()?;
-    load_or_enroll_blocking_check(&cfg)?;
+    create_state_dir(&cfg)?;
     let cloud_addr = cfg.cloud.context("`cloud` is not set")?;
     let ca = cfg.ca_cert.clone().context("`ca_cert` is not set")?;
     let trust = TrustAnchor::load(&ca, None)
@@ -269,14 +269,6 @@ async fn wait_for_signal() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
-}
-
-/// The addresses a dual-stack `[::]` listen accepts, for messages.
-pub fn describe_listen(a: SocketAddr) -> String {
-    match a.ip() {
-        IpAddr::V6(v6) if v6.is_unspecified() => format!("UDP {} (IPv4 and IPv6)", a.port()),
-        _ => format!("UDP {a}"),
-    }
 }
 
 #[cfg(test)]
