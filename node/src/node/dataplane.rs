@@ -1,0 +1,226 @@
+//! The data plane, TUN → peer: a packet to a virtual address goes as a Capsule in a
+//! QUIC DATAGRAM on its peer's tunnel, is queued while the tunnel is set up, or is
+//! answered per SPEC §6 when it does not fit.
+
+use super::*;
+
+impl Node {
+    // ----- data plane: TUN → peer ------------------------------------------------
+
+    pub(super) fn is_overlay(&self, a: IpAddr) -> bool {
+        in_prefix(a, self.settings.ipv4_prefix, self.settings.ipv6_prefix)
+            && a != IpAddr::V4(self.me.virtual_ipv4)
+            && a != IpAddr::V6(self.me.virtual_ipv6)
+    }
+
+    /// Send a packet read from the TUN to its peer, setting up the route when there
+    /// is none. `buf` is scratch space reused across calls.
+    pub fn send_packet(self: &Arc<Self>, pkt: &[u8], buf: &mut BytesMut) {
+        let Some(dst) = packet::destination(pkt) else {
+            return;
+        };
+        if !self.is_overlay(dst) {
+            return;
+        }
+        if let Some(link) = self.peers.route(dst) {
+            if link.is_alive() {
+                self.send_on(&link, pkt, buf);
+                return;
+            }
+        }
+        self.queue_and_route(dst, pkt);
+    }
+
+    pub(super) fn send_on(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) {
+        let max = link.conn.max_datagram_size().unwrap_or(0);
+        if CAPSULE_OVERHEAD + pkt.len() > max {
+            self.oversize(link, pkt, max.saturating_sub(CAPSULE_OVERHEAD), buf);
+            return;
+        }
+        buf.reserve(CAPSULE_OVERHEAD + pkt.len());
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
+            return;
+        }
+        let d = buf.split().freeze();
+        match link.conn.send_datagram(d) {
+            Ok(()) => {
+                let c = &link.counters;
+                c.tx_packets.fetch_add(1, Ordering::Relaxed);
+                c.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                link.touch();
+            }
+            Err(quinn::SendDatagramError::TooLarge) => {
+                let room = link
+                    .conn
+                    .max_datagram_size()
+                    .unwrap_or(0)
+                    .saturating_sub(CAPSULE_OVERHEAD);
+                self.oversize(link, pkt, room, buf)
+            }
+            Err(e) => tracing::debug!(peer = %link.peer.fqdn, error = %e, "datagram not sent"),
+        }
+    }
+
+    /// SPEC §6 Data: a packet larger than the path's datagram (`room` bytes of
+    /// payload) never vanishes silently. IPv4 with DF set: Fragmentation Needed with
+    /// the MTU that fits. IPv6 larger than 1280: Packet Too Big with what fits, but
+    /// not below IPv6's minimum of 1280. What still cannot be sent that way (IPv6 up
+    /// to 1280 bytes on a path whose datagrams are smaller, IPv4 without DF) is carried
+    /// on the link's stream (see docs/protocol-decisions.md).
+    pub(super) fn oversize(&self, link: &PeerLink, pkt: &[u8], room: usize, buf: &mut BytesMut) {
+        match oversize_action(pkt, room) {
+            Oversize::TooBig(mtu) => {
+                link.counters.too_big.fetch_add(1, Ordering::Relaxed);
+                let Some((_, dst)) = packet::addresses(pkt) else {
+                    return;
+                };
+                if let Some(icmp) = packet::icmp_error(pkt, dst, IcmpError::TooBig { mtu }) {
+                    self.sink.deliver(&icmp);
+                }
+            }
+            Oversize::Stream => {
+                buf.reserve(CAPSULE_OVERHEAD + pkt.len());
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
+                    return;
+                }
+                if link.oversize.try_send(buf.split().freeze()).is_ok() {
+                    let c = &link.counters;
+                    c.on_stream.fetch_add(1, Ordering::Relaxed);
+                    c.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    c.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub(super) fn queue_and_route(self: &Arc<Self>, dst: IpAddr, pkt: &[u8]) {
+        let now = Instant::now();
+        {
+            let mut neg = lock(&self.negative);
+            if let Some(until) = neg.get(&dst) {
+                if *until > now {
+                    drop(neg);
+                    if let Some(icmp) = packet::icmp_error(pkt, dst, IcmpError::Unreachable) {
+                        self.sink.deliver(&icmp);
+                    }
+                    return;
+                }
+                neg.remove(&dst);
+            }
+        }
+        let start = {
+            let mut p = lock(&self.pending);
+            let entry = p.entry(dst).or_insert_with(|| Pending {
+                packets: VecDeque::new(),
+                started: now,
+            });
+            if entry.packets.len() >= PENDING_MAX_PACKETS {
+                entry.packets.pop_front();
+            }
+            entry.packets.push_back(pkt.to_vec());
+            entry.packets.len() == 1 && entry.started == now
+        };
+        if !start {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let target = match dst {
+                IpAddr::V4(a) => DirectionTarget::VirtualIpv4(a),
+                IpAddr::V6(a) => DirectionTarget::VirtualIpv6(a),
+            };
+            match me.connect(target).await {
+                Ok(link) => me.flush_pending(&link),
+                Err(e) => {
+                    tracing::info!(%dst, error = %e, "no route to overlay address");
+                    lock(&me.negative).insert(dst, Instant::now() + NEGATIVE_TTL);
+                    let dropped = lock(&me.pending).remove(&dst);
+                    if let Some(q) = dropped {
+                        if let Some(first) = q.packets.front() {
+                            if let Some(icmp) =
+                                packet::icmp_error(first, dst, IcmpError::Unreachable)
+                            {
+                                me.sink.deliver(&icmp);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Close idle tunnels (SPEC: idle connections closed) and forget stale pending
+    /// packets. Run every few seconds.
+    pub fn sweep(&self) {
+        for link in self.peers.stale(self.settings.idle) {
+            if self.peers.remove(&link) {
+                tracing::info!(peer = %link.peer.fqdn, idle = ?link.idle_for(), "closing idle tunnel");
+                link.conn.close(quinn::VarInt::from_u32(0), b"idle");
+            }
+        }
+        let now = Instant::now();
+        lock(&self.pending)
+            .retain(|_, p| now.duration_since(p.started) < self.settings.setup_timeout * 2);
+        lock(&self.negative).retain(|_, until| *until > now);
+    }
+}
+
+/// What to do with a packet that does not fit a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Oversize {
+    /// Answer with ICMP Fragmentation Needed / Packet Too Big carrying this MTU.
+    TooBig(u16),
+    /// Carry it on the link's stream.
+    Stream,
+}
+
+/// The oversize policy of [`Node::oversize`], as a pure function.
+fn oversize_action(pkt: &[u8], room: usize) -> Oversize {
+    let room16 = room.min(usize::from(u16::MAX)) as u16;
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= 20 && pkt[6] & 0x40 != 0 && room >= 576 => Oversize::TooBig(room16),
+        Some(6) if pkt.len() > 1280 => Oversize::TooBig(room16.max(1280)),
+        _ => Oversize::Stream,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_policy() {
+        let mut v4 = vec![0u8; 1400];
+        v4[0] = 0x45;
+        v4[6] = 0x40; // DF
+        assert_eq!(oversize_action(&v4, 1100), Oversize::TooBig(1100));
+        assert_eq!(
+            oversize_action(&v4, 500),
+            Oversize::Stream,
+            "no MTU below 576"
+        );
+        v4[6] = 0;
+        assert_eq!(
+            oversize_action(&v4, 1100),
+            Oversize::Stream,
+            "no DF: carried"
+        );
+        let mut v6 = vec![0u8; 1400];
+        v6[0] = 0x60;
+        assert_eq!(oversize_action(&v6, 1300), Oversize::TooBig(1300));
+        assert_eq!(
+            oversize_action(&v6, 1100),
+            Oversize::TooBig(1280),
+            "never below 1280"
+        );
+        v6.truncate(1280);
+        assert_eq!(
+            oversize_action(&v6, 1100),
+            Oversize::Stream,
+            "IPv6 minimum is carried"
+        );
+        assert_eq!(oversize_action(&[], 1100), Oversize::Stream);
+    }
+}
