@@ -256,47 +256,35 @@ impl Bench {
     ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
         let core_if = format!("p{k}");
         netns::veth(ns, "eth0", &self.core, &core_if)?;
-        let (mut v4, mut v6) = (None, None);
+        let mut v4 = None;
+        let mut v6 = None;
         if family.v4() {
             let gw = Ipv4Addr::new(203, 0, 113, (4 * k + 1) as u8);
             let me = Ipv4Addr::new(203, 0, 113, (4 * k + 2) as u8);
-            netns::addr_add(&self.core, &core_if, &format!("{gw}/30"))?;
-            netns::addr_add(ns, "eth0", &format!("{me}/30"))?;
-            ip_n(
-                ns,
-                &[
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &gw.to_string(),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
+            self.uplink(ns, &core_if, gw.into(), me.into(), 30)?;
             v4 = Some(me);
         }
         if family.v6() {
             let gw = Ipv6Addr::new(0x2001, 0xdb8, (k + 1) as u16, 0, 0, 0, 0, 1);
             let me = Ipv6Addr::new(0x2001, 0xdb8, (k + 1) as u16, 0, 0, 0, 0, 2);
-            netns::addr_add(&self.core, &core_if, &format!("{gw}/64"))?;
-            netns::addr_add(ns, "eth0", &format!("{me}/64"))?;
-            ip_n(
-                ns,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &gw.to_string(),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
+            self.uplink(ns, &core_if, gw.into(), me.into(), 64)?;
             v6 = Some(me);
         }
         Ok((v4, v6))
+    }
+
+    /// Address one family of a host's uplink: the core's side `gw`, the host's `me`,
+    /// both `/len`, and the host's default route via `gw`.
+    fn uplink(&self, ns: &str, core_if: &str, gw: IpAddr, me: IpAddr, len: u8) -> Result<()> {
+        netns::addr_add(&self.core, core_if, &format!("{gw}/{len}"))?;
+        netns::addr_add(ns, "eth0", &format!("{me}/{len}"))?;
+        let family = if gw.is_ipv6() { "-6" } else { "-4" };
+        let gw = gw.to_string();
+        ip_n(
+            ns,
+            &[family, "route", "add", "default", "via", &gw, "dev", "eth0"],
+        )?;
+        Ok(())
     }
 
     fn attach_core(
