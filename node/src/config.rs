@@ -48,6 +48,9 @@ pub struct TunConfig {
     /// UDP payload is `path_mtu` (see [`PeerSettings::path_mtu`]); the daemon lowers a
     /// larger value and says so.
     pub mtu: u16,
+    /// virtio-net header offload: TCP super-packets in (TSO), coalesced packets out
+    /// (GRO). Falls back to a plain device when the kernel refuses it.
+    pub offload: bool,
     /// The deployment's virtual IPv4 prefix (routed into the TUN). The IPv6 overlay
     /// prefix is the /48 of the node's own virtual IPv6 address.
     pub ipv4_prefix: String,
@@ -83,6 +86,12 @@ pub struct PeerSettings {
     pub keep_alive_secs: u64,
     /// Give up setting up a path after this long.
     pub setup_timeout_secs: u64,
+    /// Carry every tunnel through the TRS, never direct (SPEC §8 Flag 34 on every
+    /// Direction Request). For paths where direct UDP is forbidden by policy, and for
+    /// measuring the relay (bench/dataplane.sh).
+    pub relay_only: bool,
+    /// Congestion controller of the tunnels' QUIC connections.
+    pub congestion: crate::endpoint::Congestion,
 }
 
 impl Default for NodeConfig {
@@ -110,6 +119,7 @@ impl Default for TunConfig {
         TunConfig {
             name: "cyphonic0".into(),
             mtu: 1360,
+            offload: true,
             ipv4_prefix: "100.64.0.0/10".into(),
         }
     }
@@ -134,6 +144,8 @@ impl Default for PeerSettings {
             idle_secs: 300,
             keep_alive_secs: 10,
             setup_timeout_secs: 10,
+            relay_only: false,
+            congestion: crate::endpoint::Congestion::default(),
         }
     }
 }

@@ -75,6 +75,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             keep_alive: cfg.peers.keep_alive(),
             cloud_idle: Duration::from_secs(30),
             path_mtu: cfg.peers.path_mtu,
+            congestion: cfg.peers.congestion,
         },
     )?;
     let domain = &cfg.overlay_domain;
@@ -107,10 +108,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let tun = Arc::new(Tun::create(
         &cfg.tun.name,
         mtu,
-        me.virtual_ipv4,
-        v4_len,
-        me.virtual_ipv6,
-        48,
+        (me.virtual_ipv4, v4_len),
+        (me.virtual_ipv6, 48),
+        cfg.tun.offload,
     )?);
     let settings = NodeSettings {
         cloud: cloud_addr,
@@ -119,6 +119,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         idle: cfg.peers.idle(),
         ipv4_prefix: (v4_net, v4_len),
         ipv6_prefix: (v6_net, 48),
+        relay_only: cfg.peers.relay_only,
     };
     let node = Node::new(ep.clone(), creds.clone(), me.clone(), settings, tun.clone());
     ep.add_identity(

@@ -30,6 +30,19 @@ pub struct TransportSettings {
     pub cloud_idle: Duration,
     /// UDP payload size assumed on peer paths before MTU discovery.
     pub path_mtu: u16,
+    /// Congestion controller of peer connections.
+    pub congestion: Congestion,
+}
+
+/// The congestion controller of the outer QUIC connection of a tunnel
+/// (`peers.congestion`). See BENCHMARKS.md for how each fares under TCP in the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    #[default]
+    Cubic,
+    Bbr,
+    NewReno,
 }
 
 impl Default for TransportSettings {
@@ -38,6 +51,7 @@ impl Default for TransportSettings {
             keep_alive: Duration::from_secs(10),
             cloud_idle: Duration::from_secs(30),
             path_mtu: 1452,
+            congestion: Congestion::default(),
         }
     }
 }
@@ -159,6 +173,13 @@ impl NodeEndpoint {
         t.datagram_send_buffer_size(4 * 1024 * 1024);
         // The stream that carries packets too large for a datagram (node.rs).
         t.max_concurrent_uni_streams(4u32.into());
+        let cc: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> =
+            match self.transport.congestion {
+                Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+                Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+                Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+            };
+        t.congestion_controller_factory(cc);
         t
     }
 

@@ -1,13 +1,28 @@
 //! The TUN device: the node's virtual IPv4/IPv6 addresses, the overlay prefixes
 //! routed into it, and the loop that carries packets read from it to peers.
+//!
+//! With offload (the default, `tun.offload`), the device speaks the virtio-net header:
+//! the kernel hands the node whole TCP super-packets of up to 64 KiB (TSO), which
+//! tun-rs splits into MTU-sized segments in one read, and the node writes runs of
+//! segments of one TCP flow back as one coalesced packet (GRO). One system call then
+//! moves dozens of packets each way, and the kernel's TCP stack handles a fraction of
+//! the packets it would otherwise (see BENCHMARKS.md for what it bought).
 
+use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::BytesMut;
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::node::{Node, PacketSink};
+
+/// Packets written to the TUN in one batch (and read in one offloaded read).
+pub const BATCH: usize = IDEAL_BATCH_SIZE;
+
+/// A zero virtio-net header: "no offload" for a single packet we write.
+const NO_OFFLOAD_HDR: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
 
 /// A TUN device with the node's addresses. Dropping the last handle removes the
 /// interface and, with it, its addresses and routes.
@@ -15,58 +30,176 @@ pub struct Tun {
     pub device: tun_rs::AsyncDevice,
     pub name: String,
     pub mtu: u16,
+    /// The virtio-net header is on: TSO super-packets in, GRO-coalesced packets out.
+    pub offload: bool,
 }
 
 impl Tun {
     /// Create `name` with `v4/v4_len` and `v6/v6_len`: the connected routes of those
-    /// prefixes carry the whole overlay into the TUN.
+    /// prefixes carry the whole overlay into the TUN. `offload` asks for the
+    /// virtio-net header; a kernel that refuses it gets a plain device.
     pub fn create(
         name: &str,
         mtu: u16,
-        v4: Ipv4Addr,
-        v4_len: u8,
-        v6: Ipv6Addr,
-        v6_len: u8,
+        v4: (Ipv4Addr, u8),
+        v6: (Ipv6Addr, u8),
+        offload: bool,
     ) -> Result<Tun> {
-        let device = tun_rs::DeviceBuilder::new()
-            .name(name)
-            .mtu(mtu)
-            .ipv4(v4, v4_len, None)
-            .ipv6(v6, v6_len)
-            .build_async()
-            .with_context(|| {
-                format!(
-                    "cannot create TUN device {name}: the daemon needs root (CAP_NET_ADMIN) and \
-                     /dev/net/tun; is another node already using the name? Set `tun.name`"
-                )
-            })?;
-        tracing::info!(tun = name, %v4, %v6, mtu, "TUN device up");
+        let build = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(name)
+                .mtu(mtu)
+                .ipv4(v4.0, v4.1, None)
+                .ipv6(v6.0, v6.1)
+                .offload(offload)
+                .build_async()
+        };
+        let device = match build(offload) {
+            Ok(d) => d,
+            Err(e) if offload => {
+                tracing::warn!(tun = name, error = %e,
+                    "TUN offload (virtio-net header) refused by the kernel; using a plain device, \
+                     which costs throughput");
+                build(false).with_context(|| cannot_create(name))?
+            }
+            Err(e) => return Err(e).with_context(|| cannot_create(name)),
+        };
+        // tun-rs turns the header on only when the kernel takes the TSO flags.
+        let offload = device.tcp_gso();
+        tracing::info!(tun = name, v4 = %v4.0, v6 = %v6.0, mtu, offload, "TUN device up");
         Ok(Tun {
             device,
             name: name.to_owned(),
             mtu,
+            offload,
         })
+    }
+
+    /// Write the packets of `batch` (coalescing runs of one TCP flow when offload is
+    /// on) and empty it. A full TUN queue drops packets, as a congested NIC would.
+    pub fn write_batch(&self, batch: &mut TunBatch) {
+        if batch.len == 0 {
+            return;
+        }
+        let bufs = &mut batch.bufs[..batch.len];
+        if self.offload {
+            // The synchronous call of the device under the async wrapper: TUN writes
+            // do not block, and a full queue should drop rather than stall the link.
+            let device: &tun_rs::DeviceImpl = &self.device;
+            if let Err(e) = device.send_multiple(&mut batch.gro, bufs, VIRTIO_NET_HDR_LEN) {
+                tracing::trace!(error = %e, "TUN batch write incomplete");
+            }
+        } else {
+            for b in bufs.iter() {
+                let _ = self.device.try_send(&b[VIRTIO_NET_HDR_LEN..]);
+            }
+        }
+        batch.len = 0;
     }
 }
 
 impl PacketSink for Tun {
     fn deliver(&self, packet: &[u8]) {
         // A full TUN queue drops the packet, as a congested NIC would.
-        let _ = self.device.try_send(packet);
+        let _ = if self.offload {
+            self.device
+                .try_send_vectored(&[IoSlice::new(&NO_OFFLOAD_HDR), IoSlice::new(packet)])
+        } else {
+            self.device.try_send(packet)
+        };
+    }
+
+    fn deliver_batch(&self, batch: &mut TunBatch) {
+        self.write_batch(batch);
+    }
+}
+
+/// Packets on their way to the TUN, each behind room for a virtio-net header. The
+/// buffers are kept across batches: no allocation per packet once warm.
+#[derive(Default)]
+pub struct TunBatch {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+    gro: GROTable,
+}
+
+impl TunBatch {
+    pub fn push(&mut self, packet: &[u8]) {
+        if self.len == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(2048));
+        }
+        let b = &mut self.bufs[self.len];
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(packet);
+        self.len += 1;
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len >= BATCH
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+fn cannot_create(name: &str) -> String {
+    format!(
+        "cannot create TUN device {name}: the daemon needs root (CAP_NET_ADMIN) and \
+         /dev/net/tun; is another node already using the name? Set `tun.name`"
+    )
+}
+
+/// Whether a TUN read error ends the data plane (the device is gone) rather than
+/// spoiling one read (a malformed offload header, a transient condition).
+fn fatal(e: &io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(code) => !matches!(code, libc::EAGAIN | libc::EINTR | libc::ENOBUFS),
+        None => false,
     }
 }
 
 /// Read packets from the TUN and send each to its peer until the device fails.
 pub async fn pump(tun: Arc<Tun>, node: Arc<Node>) {
-    let mut pkt = vec![0u8; 65536];
+    let seg = usize::from(tun.mtu) + 64;
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65536];
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; seg]).collect();
+    let mut sizes = vec![0usize; BATCH];
     let mut scratch = BytesMut::with_capacity(256 * 1024);
+    let mut errors = 0u64;
     loop {
-        match tun.device.recv(&mut pkt).await {
-            Ok(0) => continue,
-            Ok(n) => node.send_packet(&pkt[..n], &mut scratch),
-            Err(e) => {
+        let n = if tun.offload {
+            tun.device
+                .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+                .await
+        } else {
+            tun.device.recv(&mut bufs[0]).await.map(|n| {
+                sizes[0] = n;
+                1
+            })
+        };
+        match n {
+            Ok(n) => {
+                for (b, &len) in bufs.iter().zip(&sizes).take(n) {
+                    if len > 0 {
+                        node.send_packet(&b[..len], &mut scratch);
+                    }
+                }
+            }
+            Err(e) if fatal(&e) => {
                 tracing::error!(error = %e, tun = %tun.name, "TUN read failed; data plane stopped");
                 return;
+            }
+            Err(e) => {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::debug!(error = %e, errors, tun = %tun.name, "TUN read dropped");
+                }
             }
         }
     }

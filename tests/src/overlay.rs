@@ -125,6 +125,8 @@ pub struct NodeOpts {
     /// `resolv.conf` the host starts with (the node rewrites it and restores it).
     pub resolv_conf: String,
     pub idle_secs: u64,
+    /// `peers.relay_only`: every tunnel through the TRS.
+    pub relay_only: bool,
 }
 
 impl Default for NodeOpts {
@@ -133,6 +135,7 @@ impl Default for NodeOpts {
             port: 443,
             resolv_conf: format!("nameserver {}\n", crate::DNS_SERVER_V4),
             idle_secs: 300,
+            relay_only: false,
         }
     }
 }
@@ -168,13 +171,15 @@ impl NodeProc {
             "state_dir = \"{state}\"\ncloud = \"{cloud_addr}\"\nca_cert = \"{ca}\"\n\
              device = \"{name}\"\nenrollment_token = \"{token}\"\n\
              control_socket = \"{sock}\"\nlisten = \"[::]:{port}\"\n\n\
-             [dns]\nhost_config = \"resolv-conf\"\n\n[peers]\nidle_secs = {idle}\n",
+             [dns]\nhost_config = \"resolv-conf\"\n\n[peers]\nidle_secs = {idle}\n\
+             relay_only = {relay_only}\n",
             state = dir.join("state").display(),
             cloud_addr = cloud.address_for(host)?,
             ca = cloud.ca_cert().display(),
             sock = socket.display(),
             port = opts.port,
             idle = opts.idle_secs,
+            relay_only = opts.relay_only,
         );
         std::fs::write(&config, toml)?;
         let proc = host.spawn(

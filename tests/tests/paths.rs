@@ -254,3 +254,110 @@ fn firewalled_host_goes_direct_on_443_and_falls_back_to_the_relay_otherwise() ->
     }
     Ok(())
 }
+
+/// `peers.relay_only` keeps a pair that could go direct (public hosts) on the TRS.
+/// Set on the initiator: NMS is asked for a relayed path (Flag 34) and no route
+/// optimization runs. Set on the responder only: it refuses the direct tunnel and the
+/// initiator falls back to the relay. Checksummed TCP crosses the relayed pair, and
+/// both stay relayed past the first optimization attempts (0.5 and 2 s).
+#[test]
+fn relay_only_keeps_public_pairs_on_the_trs() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("ro")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::Dual)?;
+    let b = bench.public_host("b", Family::Dual)?;
+    let c = bench.public_host("c", Family::Dual)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let relay_only = NodeOpts {
+        relay_only: true,
+        ..NodeOpts::default()
+    };
+    let na = NodeProc::start_with(&a, &cloud, "ra", &relay_only)?;
+    let nb = NodeProc::start(&b, &cloud, "rb")?;
+    let nc = NodeProc::start(&c, &cloud, "rc")?;
+
+    // The relay-only node initiates.
+    assert!(na.ping(&fqdn("rb"), 3, &[])?);
+    tcp_transfer(&a, &b, &fqdn("rb"), 5101, 4 * MIB)?;
+    assert_eq!(na.path_to(&fqdn("rb"))?, "relayed");
+    assert_eq!(nb.path_to(&fqdn("ra"))?, "relayed");
+
+    // The relay-only node is the responder of a pair NMS would connect directly.
+    assert!(
+        eventually(Duration::from_secs(20), || nc.ping(&fqdn("ra"), 1, &[]))?,
+        "rc reaches the relay-only node"
+    );
+    assert_eq!(nc.path_to(&fqdn("ra"))?, "relayed");
+    tcp_transfer(&c, &a, &fqdn("ra"), 5102, 4 * MIB)?;
+    assert!(
+        na.proc.log_text().contains("peers.relay_only"),
+        "ra's log says it kept the pair off the direct path"
+    );
+
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(na.path_to(&fqdn("rb"))?, "relayed", "no route optimization");
+    assert_eq!(nc.path_to(&fqdn("ra"))?, "relayed", "no route optimization");
+    Ok(())
+}
+
+/// A TRS host with several addresses relays from the one it advertises (the address
+/// each datagram arrived on), not from whichever the route to the node would pick:
+/// the cloud advertises a second IPv6 address of its link, the kernel picks the
+/// first as the source toward the nodes, and a relayed pair still carries traffic both ways.
+#[test]
+fn trs_relays_from_the_address_it_advertises() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("trsaddr")?;
+    bench.dns_server()?;
+    let mut cloud_host = bench.public_host("cloud", Family::V6)?;
+    let primary = cloud_host.ipv6.expect("an IPv6 host");
+    let mut seg = primary.segments();
+    seg[7] = 3;
+    let second = std::net::Ipv6Addr::from(seg);
+    // Deprecated (preferred_lft 0): never chosen as a source by the kernel, still
+    // an address of the host that datagrams can arrive on and be sent from.
+    cloud_host.run_ok(
+        "ip",
+        [
+            "-6",
+            "addr",
+            "add",
+            &format!("{second}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+            "preferred_lft",
+            "0",
+        ],
+    )?;
+    // Advertise (and so be reached at) the second address only.
+    cloud_host.ipv6 = Some(second);
+    let a = bench.public_host("a", Family::V6)?;
+    let b = bench.public_host("b", Family::V6)?;
+    let route = cloud_host.run_ok("ip", ["-6", "route", "get", &a.ipv6.unwrap().to_string()])?;
+    assert!(
+        route.contains(&format!("src {primary}")),
+        "the kernel would send from the first address: {route}"
+    );
+    let cloud = CloudProc::start(&cloud_host)?;
+    let opts = NodeOpts {
+        relay_only: true,
+        resolv_conf: format!("nameserver {DNS_SERVER_V6}\n"),
+        ..NodeOpts::default()
+    };
+    let na = NodeProc::start_with(&a, &cloud, "ta", &opts)?;
+    let _nb = NodeProc::start_with(&b, &cloud, "tb", &opts)?;
+    assert!(
+        eventually(Duration::from_secs(15), || na.ping(&fqdn("tb"), 2, &[]))?,
+        "the relayed pair carries pings"
+    );
+    assert_eq!(na.path_to(&fqdn("tb"))?, "relayed");
+    tcp_transfer(&a, &b, &fqdn("tb"), 5103, 4 * MIB)?;
+    Ok(())
+}

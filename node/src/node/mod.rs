@@ -32,6 +32,7 @@ use crate::cloud::{self, LoginInfo, CLOUD_TIMEOUT};
 use crate::endpoint::{AcceptPeer, NodeEndpoint};
 use crate::packet::{self, IcmpError};
 use crate::peers::{Expected, PathKind, PeerInfo, PeerLink, PeerTable};
+use crate::tun::TunBatch;
 
 mod dataplane;
 mod mobility;
@@ -43,6 +44,8 @@ mod tunnel;
 pub trait PacketSink: Send + Sync + 'static {
     /// Deliver one IP packet; may drop it when the device is congested.
     fn deliver(&self, packet: &[u8]);
+    /// Deliver the packets of `batch` and empty it.
+    fn deliver_batch(&self, batch: &mut TunBatch);
 }
 
 /// How long (at least; 4 RTTs on slow paths) a tunnel gets to answer from a node's
@@ -95,6 +98,9 @@ pub struct NodeSettings {
     /// The overlay prefixes: packets to anything else are not ours.
     pub ipv4_prefix: (Ipv4Addr, u8),
     pub ipv6_prefix: (Ipv6Addr, u8),
+    /// Every tunnel through the TRS: Direction Requests carry Flag 34, no route
+    /// optimization, direct tunnels from peers refused (`peers.relay_only`).
+    pub relay_only: bool,
 }
 
 /// The cloud connection as `status` shows it.

@@ -70,6 +70,12 @@ impl Node {
         self: &Arc<Self>,
         target: DirectionTarget,
     ) -> Result<Arc<PeerLink>, RouteError> {
+        if self.settings.relay_only {
+            return self
+                .setup(target, true)
+                .await
+                .map_err(Setup::into_route_error);
+        }
         match self.setup(target.clone(), false).await {
             Err(Setup::DirectFailed(why)) => {
                 tracing::warn!(target = %target.to_text(), reason = %why,
@@ -262,16 +268,25 @@ impl Node {
             return Ok(());
         }
         let e = expected.expect("checked above");
+        // Through a TRS the connection comes from the TRS's address; anything else on a
+        // relayed path is the peer itself, hole-punched (SPEC §8).
+        let remote = cloud::unmapped(conn.remote_address());
+        let via_trs = self.trs.lock().await.contains_key(&remote);
+        if self.settings.relay_only && !via_trs {
+            tracing::info!(peer = %id.name, %remote,
+                "direct tunnel refused: peers.relay_only keeps every tunnel on the TRS");
+            let _ = write_message(&mut send, &refusal(&req, Flag::PeerUnreachable)).await;
+            let _ = send.shutdown().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            conn.close(quinn::VarInt::from_u32(0), b"relay only");
+            return Ok(());
+        }
         write_message(
             &mut send,
             &Message::response_to(&req, Flag::Ok, Body::TunnelResponse),
         )
         .await?;
         let _ = send.shutdown().await;
-        // Through a TRS the connection comes from the TRS's address; anything else on a
-        // relayed path is the peer itself, hole-punched (SPEC §8).
-        let remote = cloud::unmapped(conn.remote_address());
-        let via_trs = self.trs.lock().await.contains_key(&remote);
         let kind = match e.kind {
             _ if via_trs => PathKind::Relayed,
             PathKind::Relayed => PathKind::Direct,

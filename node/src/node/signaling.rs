@@ -149,6 +149,12 @@ impl Node {
                     return refusal(m, Flag::PeerUnreachable);
                 }
             }
+            ProcessCode::ResponderDials if self.settings.relay_only => {
+                // The initiator's direct attempt times out and it asks again with
+                // Flag 34 (SPEC §8 fallback): the pair ends up on the TRS.
+                tracing::info!(initiator = %peer.fqdn,
+                    "not dialing the initiator: peers.relay_only keeps every tunnel on the TRS");
+            }
             ProcessCode::ResponderDials => {
                 let Some(&dial) = m.candidates().first() else {
                     return refusal(m, Flag::Malformed);

@@ -53,7 +53,7 @@ impl Node {
                 .expected(&link.path_id)
                 .map(|e| e.candidates)
                 .unwrap_or_default();
-            if !candidates.is_empty() {
+            if !candidates.is_empty() && !self.settings.relay_only {
                 tokio::spawn(self.clone().optimize(link.clone(), candidates));
             }
         }
@@ -149,31 +149,54 @@ impl Node {
         }
     }
 
+    /// Datagrams from the peer to the TUN. Whatever has arrived by the time one is
+    /// read is taken too (up to a batch) and written in one go, so runs of one TCP
+    /// flow reach the kernel coalesced (see tun.rs).
     pub(super) async fn receive_loop(self: Arc<Self>, link: Arc<PeerLink>) {
-        let reason = loop {
+        let mut batch = TunBatch::default();
+        let reason = 'run: loop {
             let d = match link.conn.read_datagram().await {
                 Ok(d) => d,
                 Err(e) => break e,
             };
-            match CapsuleRef::decode(&d) {
-                Ok(cap) => self.receive(&link, cap.path_id, cap.payload),
-                Err(_) => {
-                    link.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            self.receive_datagram(&link, &d, &mut batch);
+            while !batch.is_full() {
+                match ready_now(link.conn.read_datagram()) {
+                    Some(Ok(d)) => self.receive_datagram(&link, &d, &mut batch),
+                    Some(Err(e)) => {
+                        self.sink.deliver_batch(&mut batch);
+                        break 'run e;
+                    }
+                    None => break,
                 }
             }
+            self.sink.deliver_batch(&mut batch);
         };
         if self.peers.remove(&link) {
             tracing::info!(peer = %link.peer.fqdn, reason = %reason, "tunnel closed");
         }
     }
 
-    /// One packet from a peer: on this link's path and from the peer's own virtual
-    /// address (SPEC §6 Data), else dropped and counted.
-    pub(super) fn receive(&self, link: &PeerLink, path: PathId, payload: &[u8]) {
+    fn receive_datagram(&self, link: &PeerLink, d: &[u8], batch: &mut TunBatch) {
+        match CapsuleRef::decode(d) {
+            Ok(cap) => {
+                if self.receive(link, cap.path_id, cap.payload) {
+                    batch.push(cap.payload);
+                }
+            }
+            Err(_) => {
+                link.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// One packet from a peer: true when it is on this link's path and from the
+    /// peer's own virtual address (SPEC §6 Data), else it is dropped and counted.
+    pub(super) fn receive(&self, link: &PeerLink, path: PathId, payload: &[u8]) -> bool {
         let c = &link.counters;
         if path != link.path_id {
             c.malformed.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         match packet::addresses(payload) {
             Some((src, _)) if link.owns(src) => {}
@@ -181,14 +204,14 @@ impl Node {
                 if c.spoofed.fetch_add(1, Ordering::Relaxed) == 0 {
                     tracing::warn!(peer = %link.peer.fqdn, "dropped a capsule with a spoofed inner source");
                 }
-                return;
+                return false;
             }
         }
         c.rx_packets.fetch_add(1, Ordering::Relaxed);
         c.rx_bytes
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
         link.touch();
-        self.sink.deliver(payload);
+        true
     }
 
     /// Capsules the peer sent on streams (packets too large for its datagrams).
@@ -199,7 +222,11 @@ impl Node {
             tokio::spawn(async move {
                 while let Ok(m) = read_message(&mut recv, MAX_MESSAGE_LEN).await {
                     match &m.body {
-                        Body::Capsule(c) => me.receive(&link, m.path_id(), &c.payload),
+                        Body::Capsule(c) => {
+                            if me.receive(&link, m.path_id(), &c.payload) {
+                                me.sink.deliver(&c.payload);
+                            }
+                        }
                         _ => {
                             link.counters.malformed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -228,5 +255,15 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// The output of `fut` if it is ready without waiting (it is dropped otherwise).
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }

@@ -92,54 +92,46 @@ impl RelaySocket {
         }
     }
 
-    /// Decide and act on one datagram; true when quinn should see it.
-    fn filter_one(
-        &self,
-        table: &mut ForwardTable,
-        src: SocketAddr,
-        meta: &RecvMeta,
-        d: &[u8],
-        now: Instant,
-    ) -> bool {
-        match table.decide(src, relay_token_of(d), now) {
-            Decision::Own => true,
-            Decision::Forward(to) => {
-                let t = Transmit {
-                    destination: to,
-                    ecn: meta.ecn,
-                    contents: d,
-                    segment_size: None,
-                    src_ip: None,
-                };
-                match self.inner.try_send(&t) {
-                    Ok(()) => {
-                        self.counters
-                            .forwarded_packets
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.counters
-                            .forwarded_bytes
-                            .fetch_add(d.len() as u64, Ordering::Relaxed);
-                    }
-                    // UDP: a full socket buffer means the packet is lost, as on any
-                    // router. The end-to-end QUIC connection recovers.
-                    Err(_) => {
-                        self.counters
-                            .dropped_send_error
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                false
+    /// Send `d` (one datagram, or several of `stride` bytes each, the last possibly
+    /// shorter) to `to` in one system call (UDP GSO when there are several).
+    fn forward(&self, to: SocketAddr, meta: &RecvMeta, d: &[u8], stride: usize) {
+        if d.is_empty() {
+            return;
+        }
+        let count = d.len().div_ceil(stride) as u64;
+        let t = Transmit {
+            destination: to,
+            ecn: meta.ecn,
+            contents: d,
+            segment_size: (count > 1).then_some(stride),
+            // From the address the datagram came to: a node knows its TRS by that
+            // address, and a host with several would otherwise pick by route.
+            src_ip: meta.dst_ip,
+        };
+        match self.inner.try_send(&t) {
+            Ok(()) => {
+                self.counters
+                    .forwarded_packets
+                    .fetch_add(count, Ordering::Relaxed);
+                self.counters
+                    .forwarded_bytes
+                    .fetch_add(d.len() as u64, Ordering::Relaxed);
             }
-            Decision::Drop(reason) => {
-                self.counters.count_drop(reason);
-                false
+            // UDP: a full socket buffer means the packets are lost, as on any router.
+            // The end-to-end QUIC connection recovers.
+            Err(_) => {
+                self.counters
+                    .dropped_send_error
+                    .fetch_add(count, Ordering::Relaxed);
             }
         }
     }
 
     /// Filter the datagrams of one receive buffer in place; returns the bytes kept.
     /// With GRO the buffer holds segments of `stride` bytes (the last may be shorter);
-    /// kept segments are moved together so quinn sees a valid GRO buffer.
+    /// kept segments are moved together so quinn sees a valid GRO buffer. A run of
+    /// segments relayed to the same node leaves in one GSO send: one datagram in, one
+    /// out, as many system calls as runs rather than datagrams.
     fn filter_buffer(
         &self,
         table: &mut ForwardTable,
@@ -149,17 +141,43 @@ impl RelaySocket {
     ) -> usize {
         let len = meta.len.min(buf.len());
         let stride = if meta.stride == 0 { len } else { meta.stride };
+        // A GSO send carries at most this many segments and 64 KiB.
+        let max_run = (self.inner.max_transmit_segments().max(1) * stride).min(65_000);
         let mut kept = 0usize;
         let mut start = 0usize;
+        // Segments [run_start, start) go to `run_to`, not sent yet.
+        let mut run_start = 0usize;
+        let mut run_to: Option<SocketAddr> = None;
         while start < len {
             let end = (start + stride).min(len);
-            if self.filter_one(table, meta.addr, meta, &buf[start..end], now) {
-                if kept != start {
-                    buf.copy_within(start..end, kept);
+            let decision = table.decide(meta.addr, relay_token_of(&buf[start..end]), now);
+            if let Some(to) = run_to {
+                let joins = matches!(decision, Decision::Forward(t) if t == to)
+                    && end - run_start <= max_run;
+                if !joins {
+                    self.forward(to, meta, &buf[run_start..start], stride);
+                    run_to = None;
                 }
-                kept += end - start;
+            }
+            match decision {
+                Decision::Own => {
+                    if kept != start {
+                        buf.copy_within(start..end, kept);
+                    }
+                    kept += end - start;
+                }
+                Decision::Forward(to) => {
+                    if run_to.is_none() {
+                        run_to = Some(to);
+                        run_start = start;
+                    }
+                }
+                Decision::Drop(reason) => self.counters.count_drop(reason),
             }
             start = end;
+        }
+        if let Some(to) = run_to {
+            self.forward(to, meta, &buf[run_start..len], stride);
         }
         kept
     }
