@@ -120,7 +120,11 @@ impl Trs {
         let id = conn.stable_id();
         let mut addr = conn.remote_address();
         lock(&self.control).insert(node, id);
-        lock(&self.table).node_at(node, addr);
+        {
+            let mut table = lock(&self.table);
+            table.node_at(node, addr);
+            table.node_reaches(node, conn.local_ip());
+        }
         tracing::info!(fqdn = %peer.fqdn, %addr, "TRS control connection up");
 
         let serving = {
@@ -132,7 +136,9 @@ impl Trs {
                 // it moved): follow it at once rather than at the next poll, so the
                 // relayed packets it sends next are forwarded.
                 if matches!(m.body, Body::KeepAlive) && lock(&trs.control).get(&node) == Some(&id) {
-                    lock(&trs.table).node_at(node, watched.remote_address());
+                    let mut table = lock(&trs.table);
+                    table.node_at(node, watched.remote_address());
+                    table.node_reaches(node, watched.local_ip());
                 }
                 async move {
                     match m.body {
@@ -154,7 +160,9 @@ impl Trs {
                         tracing::info!(fqdn = %peer.fqdn, from = %addr, to = %now,
                             "TRS control connection migrated");
                         addr = now;
-                        lock(&self.table).node_at(node, addr);
+                        let mut table = lock(&self.table);
+                        table.node_at(node, addr);
+                        table.node_reaches(node, conn.local_ip());
                     }
                 }
             }

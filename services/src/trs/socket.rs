@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,15 @@ pub fn relay_token_of(datagram: &[u8]) -> Option<RelayToken> {
     cyphonic_proto::quic::relay_token_of(cid)
 }
 
+/// Whether `a` and `b` are of one family (an IPv4-mapped IPv6 address is IPv4).
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    };
+    v4(a) == v4(b)
+}
+
 /// A UDP socket for quinn that relays by Connection ID.
 pub struct RelaySocket {
     inner: Arc<dyn AsyncUdpSocket>,
@@ -94,7 +103,14 @@ impl RelaySocket {
 
     /// Send `d` (one datagram, or several of `stride` bytes each, the last possibly
     /// shorter) to `to` in one system call (UDP GSO when there are several).
-    fn forward(&self, to: SocketAddr, meta: &RecvMeta, d: &[u8], stride: usize) {
+    fn forward(
+        &self,
+        table: &ForwardTable,
+        to: SocketAddr,
+        meta: &RecvMeta,
+        d: &[u8],
+        stride: usize,
+    ) {
         if d.is_empty() {
             return;
         }
@@ -104,9 +120,13 @@ impl RelaySocket {
             ecn: meta.ecn,
             contents: d,
             segment_size: (count > 1).then_some(stride),
-            // From the address the datagram came to: a node knows its TRS by that
-            // address, and a host with several would otherwise pick by route.
-            src_ip: meta.dst_ip,
+            // From the address the destination node reaches the TRS at: it knows its
+            // TRS by that address, and a host with several would otherwise pick one
+            // by route. Unknown: the address the datagram came to, if of the same
+            // family, else the kernel's choice.
+            src_ip: table
+                .source_toward(to)
+                .or_else(|| meta.dst_ip.filter(|ip| same_family(*ip, to.ip()))),
         };
         match self.inner.try_send(&t) {
             Ok(()) => {
@@ -155,7 +175,7 @@ impl RelaySocket {
                 let joins = matches!(decision, Decision::Forward(t) if t == to)
                     && end - run_start <= max_run;
                 if !joins {
-                    self.forward(to, meta, &buf[run_start..start], stride);
+                    self.forward(table, to, meta, &buf[run_start..start], stride);
                     run_to = None;
                 }
             }
@@ -177,7 +197,7 @@ impl RelaySocket {
             start = end;
         }
         if let Some(to) = run_to {
-            self.forward(to, meta, &buf[run_start..len], stride);
+            self.forward(table, to, meta, &buf[run_start..len], stride);
         }
         kept
     }

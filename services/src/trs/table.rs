@@ -8,7 +8,7 @@
 //! connection: it cannot decrypt what it forwards.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cyphonic_proto::{NodeId, PathId, RelayToken};
@@ -105,6 +105,9 @@ pub struct ForwardTable {
     node_addr: HashMap<NodeId, SocketAddr>,
     /// Reverse of `node_addr`.
     addr_node: HashMap<SocketAddr, NodeId>,
+    /// The TRS's own address each node's control connection reaches it at: relayed
+    /// packets to the node leave from it (the node knows its TRS by that address).
+    node_local: HashMap<NodeId, IpAddr>,
     /// Live bindings, keyed by the unordered pair (lower NodeID first).
     bindings: HashMap<(NodeId, NodeId), Binding>,
 }
@@ -135,8 +138,24 @@ impl ForwardTable {
         self.addr_node.insert(addr, node);
     }
 
+    /// The TRS address a node's control connection reaches (`None`: unknown).
+    pub fn node_reaches(&mut self, node: NodeId, local: Option<IpAddr>) {
+        match local {
+            Some(ip) => self.node_local.insert(node, ip),
+            None => self.node_local.remove(&node),
+        };
+    }
+
+    /// The address to relay from toward the node at `addr`: the one it reaches the
+    /// TRS at, when known.
+    pub fn source_toward(&self, addr: SocketAddr) -> Option<IpAddr> {
+        let node = self.addr_node.get(&addr)?;
+        self.node_local.get(node).copied()
+    }
+
     /// A node's control connection is gone.
     pub fn node_gone(&mut self, node: NodeId) {
+        self.node_local.remove(&node);
         if let Some(addr) = self.node_addr.remove(&node) {
             if self.addr_node.get(&addr) == Some(&node) {
                 self.addr_node.remove(&addr);
@@ -445,5 +464,18 @@ mod tests {
             ),
             Err(BindError::SameNode)
         );
+    }
+
+    #[test]
+    fn relays_toward_a_node_from_the_address_it_reaches() {
+        let mut t = ForwardTable::new(Limits::default());
+        let a = addr("192.0.2.1:443");
+        t.node_at(node(1), a);
+        assert_eq!(t.source_toward(a), None, "unknown until the node says");
+        t.node_reaches(node(1), Some("203.0.113.100".parse().unwrap()));
+        assert_eq!(t.source_toward(a), Some("203.0.113.100".parse().unwrap()));
+        assert_eq!(t.source_toward(addr("192.0.2.9:443")), None, "not a node");
+        t.node_gone(node(1));
+        assert_eq!(t.source_toward(a), None);
     }
 }
