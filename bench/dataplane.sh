@@ -22,6 +22,8 @@
 #                         -p cyphonic-node -p cyphonic-services` and uses target/release
 #   CYPHONIC_BENCH_TOOLS  cargo install root of boringtun-cli/quincy-* (default
 #                         /opt/cyphonic-bench; binaries in $root/bin)
+#   CYPHONIC_BENCH_TOP    extra top-level lines of the nodes' config, e.g.
+#                         'threads = 0'
 #   CYPHONIC_BENCH_TUN    extra lines for the nodes' [tun] section, e.g.
 #                         'offload = false' (to measure what a setting buys)
 #   CYPHONIC_BENCH_PEERS  extra lines for the nodes' [peers] section, e.g.
@@ -549,6 +551,7 @@ device = "$dev"
 enrollment_token = "$(cat "$CY_DIR/token-$dev")"
 control_socket = "$d/control.sock"
 listen = "[::]:443"
+${CYPHONIC_BENCH_TOP:-}
 
 [dns]
 enable = false

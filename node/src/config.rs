@@ -37,6 +37,11 @@ pub struct NodeConfig {
     pub peers: PeerSettings,
     /// The operator CLI's socket.
     pub control_socket: PathBuf,
+    /// Threads of the daemon's runtime; 0: one per CPU. One (the default) measured
+    /// fastest for a flow on a small host (BENCHMARKS.md): no hand-offs between
+    /// threads on the packet path. A gateway carrying many busy peers on a large
+    /// host may do better with more.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +115,7 @@ impl Default for NodeConfig {
             dns: DnsSettings::default(),
             peers: PeerSettings::default(),
             control_socket: PathBuf::from("/run/cyphonic-node.sock"),
+            threads: 1,
         }
     }
 }
