@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::node::{Node, PacketSink};
@@ -78,24 +78,55 @@ impl Tun {
     /// Write the packets of `batch` (coalescing runs of one TCP flow when offload is
     /// on) and empty it. A full TUN queue drops packets, as a congested NIC would.
     pub fn write_batch(&self, batch: &mut TunBatch) {
-        if batch.len == 0 {
+        if batch.pkts.is_empty() {
             return;
         }
-        let bufs = &mut batch.bufs[..batch.len];
-        if self.offload {
+        if !self.offload {
+            for p in batch.pkts.drain(..) {
+                let _ = self.device.try_send(&p);
+            }
+            return;
+        }
+        WRITE_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let WriteScratch { bufs, gro } = &mut *scratch;
+            let gro = gro.get_or_insert_with(GROTable::new);
+            let n = batch.pkts.len();
+            if bufs.len() < n {
+                bufs.resize_with(n, || Vec::with_capacity(2048));
+            }
+            for (b, p) in bufs.iter_mut().zip(batch.pkts.drain(..)) {
+                b.clear();
+                b.resize(VIRTIO_NET_HDR_LEN, 0);
+                b.extend_from_slice(&p);
+            }
             // The synchronous call of the device under the async wrapper: TUN writes
             // do not block, and a full queue should drop rather than stall the link.
             let device: &tun_rs::DeviceImpl = &self.device;
-            if let Err(e) = device.send_multiple(&mut batch.gro, bufs, VIRTIO_NET_HDR_LEN) {
+            if let Err(e) = device.send_multiple(gro, &mut bufs[..n], VIRTIO_NET_HDR_LEN) {
                 tracing::trace!(error = %e, "TUN batch write incomplete");
             }
-        } else {
-            for b in bufs.iter() {
-                let _ = self.device.try_send(&b[VIRTIO_NET_HDR_LEN..]);
+            // Coalescing grows buffers up to 64 KiB. Keep them while traffic is heavy
+            // (no reallocation per batch); give the memory back once it is light.
+            if n < 8 {
+                for b in bufs.iter_mut().filter(|b| b.capacity() > 16 * 1024) {
+                    b.shrink_to(2048);
+                }
             }
-        }
-        batch.len = 0;
+        });
     }
+}
+
+/// The buffers and GRO table TUN batches are written from: one per runtime thread,
+/// not one per peer (tun-rs's GRO table alone is about 1 MiB).
+#[derive(Default)]
+struct WriteScratch {
+    bufs: Vec<Vec<u8>>,
+    gro: Option<GROTable>,
+}
+
+thread_local! {
+    static WRITE_SCRATCH: std::cell::RefCell<WriteScratch> = Default::default();
 }
 
 impl PacketSink for Tun {
@@ -114,37 +145,29 @@ impl PacketSink for Tun {
     }
 }
 
-/// Packets on their way to the TUN, each behind room for a virtio-net header. The
-/// buffers are kept across batches: no allocation per packet once warm.
+/// Packets from one peer on their way to the TUN: references into the received
+/// datagrams, copied once, when written.
 #[derive(Default)]
 pub struct TunBatch {
-    bufs: Vec<Vec<u8>>,
-    len: usize,
-    gro: GROTable,
+    pkts: Vec<Bytes>,
 }
 
 impl TunBatch {
-    pub fn push(&mut self, packet: &[u8]) {
-        if self.len == self.bufs.len() {
-            self.bufs.push(Vec::with_capacity(2048));
-        }
-        let b = &mut self.bufs[self.len];
-        b.clear();
-        b.resize(VIRTIO_NET_HDR_LEN, 0);
-        b.extend_from_slice(packet);
-        self.len += 1;
+    /// Queue `packet`, a part of `datagram`.
+    pub fn push(&mut self, datagram: &Bytes, packet: &[u8]) {
+        self.pkts.push(datagram.slice_ref(packet));
     }
 
     pub fn is_full(&self) -> bool {
-        self.len >= BATCH
+        self.pkts.len() >= BATCH
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.pkts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.pkts.is_empty()
     }
 }
 

@@ -177,11 +177,11 @@ impl Node {
         }
     }
 
-    fn receive_datagram(&self, link: &PeerLink, d: &[u8], batch: &mut TunBatch) {
+    fn receive_datagram(&self, link: &PeerLink, d: &bytes::Bytes, batch: &mut TunBatch) {
         match CapsuleRef::decode(d) {
             Ok(cap) => {
                 if self.receive(link, cap.path_id, cap.payload) {
-                    batch.push(cap.payload);
+                    batch.push(d, cap.payload);
                 }
             }
             Err(_) => {
