@@ -261,10 +261,14 @@ impl Node {
             tracing::warn!(peer = %id.name, path = %path,
                 named = ?expected.as_ref().map(|e| e.peer.fqdn.to_string()),
                 "tunnel refused: NMS named no such peer for this path");
-            let _ = write_message(&mut send, &refusal(&req, Flag::Unauthenticated)).await;
-            let _ = send.shutdown().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            conn.close(quinn::VarInt::from_u32(33), b"not the peer NMS named");
+            refuse_tunnel(
+                &conn,
+                send,
+                &req,
+                Flag::Unauthenticated,
+                b"not the peer NMS named",
+            )
+            .await;
             return Ok(());
         }
         let e = expected.expect("checked above");
@@ -275,10 +279,7 @@ impl Node {
         if self.settings.relay_only && !via_trs {
             tracing::info!(peer = %id.name, %remote,
                 "direct tunnel refused: peers.relay_only keeps every tunnel on the TRS");
-            let _ = write_message(&mut send, &refusal(&req, Flag::PeerUnreachable)).await;
-            let _ = send.shutdown().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            conn.close(quinn::VarInt::from_u32(0), b"relay only");
+            refuse_tunnel(&conn, send, &req, Flag::PeerUnreachable, b"relay only").await;
             return Ok(());
         }
         write_message(
@@ -298,4 +299,19 @@ impl Node {
         self.activate(link);
         Ok(())
     }
+}
+
+/// Answer a Tunnel Request with a refusal carrying `flag`, give it a moment to reach
+/// the peer, and close the connection (the flag's code is the close code).
+async fn refuse_tunnel(
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    req: &Message,
+    flag: Flag,
+    reason: &[u8],
+) {
+    let _ = write_message(&mut send, &refusal(req, flag)).await;
+    let _ = send.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.close(quinn::VarInt::from_u32(flag.code() as u32), reason);
 }
