@@ -25,6 +25,12 @@ pub struct NodeStatus {
     pub relay_token: String,
     pub tun: String,
     pub mtu: u16,
+    /// TUN offload (TSO in, GRO out) is on.
+    #[serde(default)]
+    pub offload: bool,
+    /// `peers.relay_only`: every tunnel through the TRS.
+    #[serde(default)]
+    pub relay_only: bool,
     pub dns: Option<SocketAddr>,
     pub cloud: CloudStatus,
     pub peers: usize,
@@ -35,6 +41,7 @@ pub struct ControlState {
     pub node: Arc<Node>,
     pub tun: String,
     pub mtu: u16,
+    pub offload: bool,
     pub dns: Option<SocketAddr>,
 }
 
@@ -50,6 +57,8 @@ impl ControlState {
             relay_token: n.ep.token.to_string(),
             tun: self.tun.clone(),
             mtu: self.mtu,
+            offload: self.offload,
+            relay_only: n.settings.relay_only,
             dns: self.dns,
             cloud: n.cloud_status(),
             peers: n.peers.links().len(),

@@ -219,6 +219,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             node: node.clone(),
             tun: cfg.tun.name.clone(),
             mtu,
+            offload: tun.offload,
             dns: cfg.dns.enable.then_some(cfg.dns.listen),
         }),
     )?;

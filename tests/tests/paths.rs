@@ -280,6 +280,9 @@ fn relay_only_keeps_public_pairs_on_the_trs() -> anyhow::Result<()> {
     let nb = NodeProc::start(&b, &cloud, "rb")?;
     let nc = NodeProc::start(&c, &cloud, "rc")?;
 
+    assert_eq!(na.status()?["relay_only"], true, "status says relay only");
+    assert_eq!(nb.status()?["relay_only"], false);
+    assert_eq!(na.status()?["offload"], true, "TUN offload is on");
     // The relay-only node initiates.
     assert!(na.ping(&fqdn("rb"), 3, &[])?);
     tcp_transfer(&a, &b, &fqdn("rb"), 5101, 4 * MIB)?;

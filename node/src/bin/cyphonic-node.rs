@@ -130,7 +130,15 @@ fn real_main(cli: Cli) -> Result<()> {
 fn print_status(s: &NodeStatus) {
     println!("node        {} (NodeID {})", s.fqdn, s.node_id);
     println!("virtual     {}  {}", s.virtual_ipv4, s.virtual_ipv6);
-    println!("interface   {} (MTU {})", s.tun, s.mtu);
+    println!(
+        "interface   {} (MTU {}, offload {})",
+        s.tun,
+        s.mtu,
+        if s.offload { "on" } else { "off" }
+    );
+    if s.relay_only {
+        println!("paths       relay only (peers.relay_only): every tunnel through the TRS");
+    }
     println!(
         "listening   UDP {}  relay token {}",
         s.listen, s.relay_token
