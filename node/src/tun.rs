@@ -161,14 +161,6 @@ impl TunBatch {
     pub fn is_full(&self) -> bool {
         self.pkts.len() >= BATCH
     }
-
-    pub fn len(&self) -> usize {
-        self.pkts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pkts.is_empty()
-    }
 }
 
 fn cannot_create(name: &str) -> String {
