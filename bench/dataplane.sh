@@ -16,6 +16,9 @@
 #   --no-install     do not apt-get / cargo install missing tools
 #   --no-build       do not build CYPHONIC (use $CYPHONIC_BIN_DIR or target/release)
 #   --keep           keep the work directory (configs, logs, iperf3 JSON) on success
+#   --hold           after each system is up, print its namespaces and target and
+#                    wait until the file it names is removed (to run ping, perf or
+#                    tcpdump by hand), then measure it
 #
 #   CYPHONIC_BIN_DIR      directory with cyphonic-cloud and cyphonic-node; when unset
 #                         the script runs `cargo build --release --locked --bins
@@ -90,7 +93,7 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 die() { echo "dataplane.sh: error: $*" >&2; exit 1; }
 
 ORIG_ARGS=("$@")
-systems_arg=all runs=3 secs=10 pings=20 out="" install=1 build=1 keep=0
+systems_arg=all runs=3 secs=10 pings=20 out="" install=1 build=1 keep=0 hold=0
 while (($#)); do
   case $1 in
     --systems) systems_arg=${2:?--systems needs a value}; shift 2 ;;
@@ -106,6 +109,7 @@ while (($#)); do
     --no-install) install=0; shift ;;
     --no-build) build=0; shift ;;
     --keep) keep=1; shift ;;
+    --hold) hold=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -385,14 +389,35 @@ ticks() { # utime+stime of the whole process (all threads), in clock ticks
   echo $((${12} + ${13}))
 }
 
+oncpu_ns() { # time all threads of a process have run on a CPU, in ns (schedstat)
+  local t sum=0 a
+  for t in /proc/"$1"/task/*/schedstat; do
+    read -r a _ <"$t" 2>/dev/null && sum=$((sum + a))
+  done
+  echo "$sum"
+}
+
 # measure TARGET: ping, then RUNS x iperf3 with the daemons' CPU; writes $RES.
 # DAEMONS: "label:pid:name ..." (set by the system's start function).
 measure() {
   local target=$1 pingout rtt loss i t0 t1 wall_ns=0 json mbps runs_list=() d label pid name prev now
   local -A before=() total=()
   log "  ping x$pings -> $target"
+  for d in "${DAEMONS[@]}"; do
+    IFS=: read -r label pid name <<<"$d"
+    before[$label]=$(oncpu_ns "$pid")
+  done
   pingout=$(timeout --foreground -k 5 $((pings + 30)) ip netns exec "$NS_A" \
     ping -n -q -c "$pings" -i 0.2 -W 2 "$target" 2>&1) || true
+  if ((${#DAEMONS[@]})); then
+    local per=""
+    for d in "${DAEMONS[@]}"; do
+      IFS=: read -r label pid name <<<"$d"
+      now=$(oncpu_ns "$pid") prev=${before[$label]}
+      per+="${per:+, }$label $(((now - prev) / pings / 1000))"
+    done
+    result r_ping_cpu "$per"
+  fi
   echo "$pingout" >"$SYS_DIR/ping.txt"
   rtt=$(sed -n 's#^rtt min/avg/max/mdev = \([0-9.]*\)/\([0-9.]*\)/.*#\1 \2#p' <<<"$pingout")
   loss=$(grep -o '[0-9.]*% packet loss' <<<"$pingout" | cut -d% -f1)
@@ -502,6 +527,12 @@ run_system() {
   trap 'fail "command failed (line $LINENO): $BASH_COMMAND"' ERR
   "sys_${sys//-/_}"
   start_iperf_server
+  if ((hold)); then
+    touch "$SYS_DIR/hold"
+    log "  holding $sys: namespaces $NS_A (sender) $NS_B $NS_C, target $TARGET;"
+    log "  e.g. ip netns exec $NS_A ping $TARGET; rm $SYS_DIR/hold to go on"
+    while [ -e "$SYS_DIR/hold" ]; do sleep 1; done
+  fi
   measure "$TARGET"
   [ -z "$POST_CHECK" ] || $POST_CHECK
   result r_status ok
@@ -794,7 +825,7 @@ done
 # ---------------------------------------------------------------- report
 load() { # load SYSTEM: r_* variables of one system
   r_status="" r_reason="" r_tcp_runs="" r_tcp_median="" r_ping_avg="" r_ping_min=""
-  r_ping_loss="" r_cpu="" r_cpu_detail=""
+  r_ping_loss="" r_cpu="" r_cpu_detail="" r_ping_cpu=""
   # shellcheck disable=SC1090
   [ -f "$RESULTS/$1" ] && source "$RESULTS/$1"
   r_status=${r_status:-failed}
@@ -819,7 +850,7 @@ for sys in "${SYSTEMS[@]}"; do
   fi
 done
 
-COLS=("system" "TCP Mbit/s" "runs" "ping avg ms" "ping min ms" "TCP/raw" "RTT/raw" "TCP/best ref" "RTT/best ref" "daemon CPU %" "CPU detail (% of a core)")
+COLS=("system" "TCP Mbit/s" "runs" "ping avg ms" "ping min ms" "TCP/raw" "RTT/raw" "TCP/best ref" "RTT/best ref" "daemon CPU %" "CPU detail (% of a core)" "CPU µs per ping")
 ROWS=()
 for sys in "${SYSTEMS[@]}"; do
   load "$sys"
@@ -827,9 +858,9 @@ for sys in "${SYSTEMS[@]}"; do
     cpu=${r_cpu:--} detail=${r_cpu_detail:--}
     [ "$sys" = raw ] && cpu="-" detail="(no daemon)"
     [ "${r_ping_loss:-0}" != 0 ] && detail+="; ping loss ${r_ping_loss}%"
-    ROWS+=("$sys|$r_tcp_median|${r_tcp_runs// /, }|$r_ping_avg|$r_ping_min|$(ratio "$r_tcp_median" "$raw_tcp")|$(ratio "$r_ping_avg" "$raw_rtt")|$(ratio "$r_tcp_median" "$best_tcp")|$(ratio "$r_ping_avg" "$best_rtt")|$cpu|$detail")
+    ROWS+=("$sys|$r_tcp_median|${r_tcp_runs// /, }|$r_ping_avg|$r_ping_min|$(ratio "$r_tcp_median" "$raw_tcp")|$(ratio "$r_ping_avg" "$raw_rtt")|$(ratio "$r_tcp_median" "$best_tcp")|$(ratio "$r_ping_avg" "$best_rtt")|$cpu|$detail|${r_ping_cpu:--}")
   else
-    ROWS+=("$sys|FAILED|-|-|-|-|-|-|-|-|${r_reason:-unknown} (logs: $WORK/$sys)")
+    ROWS+=("$sys|FAILED|-|-|-|-|-|-|-|-|${r_reason:-unknown} (logs: $WORK/$sys)|-")
   fi
 done
 
@@ -844,7 +875,7 @@ echo "== results (TCP: median of $runs x ${secs}s iperf3, one flow a->b; ping: $
     for (r = 1; r <= n; r++) {
       line = ""
       for (i = 1; i <= nf; i++) {
-        f = (i == 1 || i == 3 || i == nf) ? "%-" w[i] "s" : "%" w[i] "s"
+        f = (i == 1 || i == 3 || i >= nf - 1) ? "%-" w[i] "s" : "%" w[i] "s"
         line = line (i > 1 ? "  " : "") sprintf(f, c[r, i])
       }
       sub(/ +$/, "", line); print line
@@ -853,7 +884,7 @@ echo "== results (TCP: median of $runs x ${secs}s iperf3, one flow a->b; ping: $
 notes=()
 [ -n "$best_tcp_sys" ] && notes+=("best reference: TCP $best_tcp_sys ($best_tcp Mbit/s), RTT $best_rtt_sys ($best_rtt ms avg)")
 [ -z "$raw_tcp" ] && notes+=("raw veth not measured: no ratios to raw")
-notes+=("RTT ratios use the average RTT. CPU: tunnel daemons on both ends (cyphonic-relayed: nodes + cloud/TRS), utime+stime over the iperf3 wall time; kernel work is not attributed.")
+notes+=("RTT ratios use the average RTT. CPU: tunnel daemons on both ends (cyphonic-relayed: nodes + cloud/TRS), utime+stime over the iperf3 wall time; kernel work is not attributed. CPU µs per ping: time each daemon ran (all threads, /proc/PID/task/*/schedstat) during the pings, divided by their number; it includes the kernel work done in the daemon's system calls and its idle timers.")
 printf '%s\n' "${notes[@]}"
 
 if [ -n "$out" ]; then

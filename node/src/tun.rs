@@ -81,9 +81,11 @@ impl Tun {
         if batch.pkts.is_empty() {
             return;
         }
-        if !self.offload {
+        if !self.offload || batch.pkts.len() == 1 {
+            // Nothing to coalesce: straight to the device, without the GRO table's
+            // copy (the common case for interactive traffic, where latency counts).
             for p in batch.pkts.drain(..) {
-                let _ = self.device.try_send(&p);
+                self.deliver(&p);
             }
             return;
         }

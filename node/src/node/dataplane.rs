@@ -23,24 +23,22 @@ impl Node {
             return;
         }
         if let Some(link) = self.peers.route(dst) {
-            if link.is_alive() {
-                self.send_on(&link, pkt, buf);
+            if self.send_on(&link, pkt, buf) {
                 return;
             }
         }
         self.queue_and_route(dst, pkt);
     }
 
-    pub(super) fn send_on(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) {
-        let max = link.conn.max_datagram_size().unwrap_or(0);
-        if CAPSULE_OVERHEAD + pkt.len() > max {
-            self.oversize(link, pkt, max.saturating_sub(CAPSULE_OVERHEAD), buf);
-            return;
-        }
+    /// Send `pkt` on `link`: false when the link's connection is gone (the packet
+    /// is left to the caller, which sets up a new route). The hot path takes quinn's
+    /// connection lock once: the datagram is offered as it is, and only one quinn
+    /// refuses as too large goes the oversize way (SPEC §6 Data).
+    pub(super) fn send_on(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) -> bool {
         buf.reserve(CAPSULE_OVERHEAD + pkt.len());
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
-            return;
+            return true;
         }
         let d = buf.split().freeze();
         match link.conn.send_datagram(d) {
@@ -58,8 +56,16 @@ impl Node {
                     .saturating_sub(CAPSULE_OVERHEAD);
                 self.oversize(link, pkt, room, buf)
             }
-            Err(e) => tracing::debug!(peer = %link.peer.fqdn, error = %e, "datagram not sent"),
+            // A peer that takes no datagrams still gets every packet, on the stream.
+            Err(
+                quinn::SendDatagramError::UnsupportedByPeer | quinn::SendDatagramError::Disabled,
+            ) => self.oversize(link, pkt, 0, buf),
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                tracing::debug!(peer = %link.peer.fqdn, error = %e, "tunnel gone; routing again");
+                return false;
+            }
         }
+        true
     }
 
     /// SPEC §6 Data: a packet larger than the path's datagram (`room` bytes of
