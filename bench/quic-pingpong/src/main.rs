@@ -1,0 +1,401 @@
+//! What a QUIC datagram round trip costs on top of plain UDP, and how much of that is
+//! quinn's task runtime rather than QUIC itself (issue 7, BENCHMARKS.md).
+//!
+//! Two threads in one process, one socket each on 127.0.0.1, ping-pong a 100-byte
+//! payload N times with a gap between pings (after 50 warm-up pings):
+//!
+//! - `udp`: plain UDP, blocking sockets (the kernel's part alone);
+//! - `proto`: a QUIC connection (DATAGRAM frames) driven by quinn-proto inline, one
+//!   `poll(2)` loop per side: receive → decrypt → echo → encrypt → send, no tasks;
+//! - `quinn`: the same over quinn's API on a current-thread tokio runtime per side,
+//!   as the node runs today (endpoint driver → connection driver → reader tasks).
+//!
+//! ```text
+//! cargo run --release -- MODE [N=500] [GAP_US=10000]
+//! ```
+//!
+//! Prints the round trip (avg, median, min) and each side's CPU per ping
+//! (getrusage, tick-sampled: read user+sys together). Only loopback is used.
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+fn thread_cpu() -> (f64, f64) {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
+    (t(ru.ru_utime), t(ru.ru_stime))
+}
+
+struct Report {
+    rtts: Vec<f64>,
+    cpu: (f64, f64),
+}
+
+fn certs() -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = c.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+    (vec![cert], key)
+}
+
+fn client_cfg(cert: &rustls::pki_types::CertificateDer<'static>) -> quinn_proto::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    quinn_proto::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap()
+}
+
+const N_WARM: usize = 50;
+
+// ---------------------------------------------------------------- plain UDP
+fn udp(n: usize, gap: Duration) -> (Report, (f64, f64)) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let saddr = s.local_addr().unwrap();
+    let srv = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let c0 = thread_cpu();
+        for _ in 0..n + N_WARM {
+            let (len, from) = s.recv_from(&mut buf).unwrap();
+            s.send_to(&buf[..len], from).unwrap();
+        }
+        let c1 = thread_cpu();
+        (c1.0 - c0.0, c1.1 - c0.1)
+    });
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.connect(saddr).unwrap();
+    let mut buf = [0u8; 2048];
+    let msg = [7u8; 100];
+    let mut rtts = Vec::new();
+    let mut c0 = thread_cpu();
+    for i in 0..n + N_WARM {
+        if i == N_WARM {
+            c0 = thread_cpu();
+        }
+        let t = Instant::now();
+        c.send(&msg).unwrap();
+        c.recv(&mut buf).unwrap();
+        if i >= N_WARM {
+            rtts.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        std::thread::sleep(gap);
+    }
+    let c1 = thread_cpu();
+    let s = srv.join().unwrap();
+    (
+        Report {
+            rtts,
+            cpu: (c1.0 - c0.0, c1.1 - c0.1),
+        },
+        s,
+    )
+}
+
+// ---------------------------------------------------------------- quinn
+fn quinn_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
+    let (chain, key) = certs();
+    let cert = chain[0].clone();
+    let server_cfg = quinn::ServerConfig::with_single_cert(chain, key).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ep = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+            tx.send(ep.local_addr().unwrap()).unwrap();
+            let conn = ep.accept().await.unwrap().await.unwrap();
+            let mut c0 = None;
+            let mut count = 0;
+            while let Ok(d) = conn.read_datagram().await {
+                count += 1;
+                if count == N_WARM + 1 {
+                    c0 = Some(thread_cpu());
+                }
+                conn.send_datagram(d).unwrap();
+                if count == n + N_WARM {
+                    break;
+                }
+            }
+            let c1 = thread_cpu();
+            let c0 = c0.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            (c1.0 - c0.0, c1.1 - c0.1)
+        })
+    });
+    let saddr: SocketAddr = rx.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rep = rt.block_on(async move {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        ep.set_default_client_config(
+            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap(),
+        );
+        let conn = ep.connect(saddr, "localhost").unwrap().await.unwrap();
+        let msg = Bytes::from(vec![7u8; 100]);
+        let mut rtts = Vec::new();
+        let mut c0 = thread_cpu();
+        for i in 0..n + N_WARM {
+            if i == N_WARM {
+                c0 = thread_cpu();
+            }
+            let t = Instant::now();
+            conn.send_datagram(msg.clone()).unwrap();
+            conn.read_datagram().await.unwrap();
+            if i >= N_WARM {
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            tokio::time::sleep(gap).await;
+        }
+        let c1 = thread_cpu();
+        Report {
+            rtts,
+            cpu: (c1.0 - c0.0, c1.1 - c0.1),
+        }
+    });
+    (rep, srv.join().unwrap())
+}
+
+// ---------------------------------------------------------------- quinn-proto inline
+struct Side {
+    sock: UdpSocket,
+    ep: quinn_proto::Endpoint,
+    conn: Option<(quinn_proto::ConnectionHandle, quinn_proto::Connection)>,
+    buf: Vec<u8>,
+    rbuf: Vec<u8>,
+}
+
+impl Side {
+    fn new(server: Option<Arc<quinn_proto::ServerConfig>>) -> Side {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        Side {
+            sock,
+            ep: quinn_proto::Endpoint::new(
+                Arc::new(quinn_proto::EndpointConfig::default()),
+                server,
+                true,
+                None,
+            ),
+            conn: None,
+            buf: Vec::with_capacity(2048),
+            rbuf: vec![0u8; 2048],
+        }
+    }
+    /// Send whatever the connection has to send.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        if let Some((h, c)) = self.conn.as_mut() {
+            while let Some(ev) = c.poll_endpoint_events() {
+                if let Some(ce) = self.ep.handle_event(*h, ev) {
+                    c.handle_event(ce);
+                }
+            }
+            loop {
+                self.buf.clear();
+                match c.poll_transmit(now, 1, &mut self.buf) {
+                    Some(t) => {
+                        let _ = self.sock.send_to(&self.buf[..t.size], t.destination);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    /// Wait up to `limit` for a datagram (or the connection's timer), process it.
+    /// Returns received application datagrams.
+    fn turn(&mut self, limit: Option<Instant>, out: &mut Vec<Bytes>) {
+        let now = Instant::now();
+        let mut deadline = limit;
+        if let Some((_, c)) = self.conn.as_mut() {
+            if let Some(t) = c.poll_timeout() {
+                deadline = Some(deadline.map_or(t, |d| d.min(t)));
+            }
+        }
+        let timeout_ms = deadline.map_or(-1, |d| {
+            let r = d.saturating_duration_since(now);
+            (r.as_micros().div_ceil(1000)) as i32
+        });
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let now = Instant::now();
+        while let Ok((len, from)) = self.sock.recv_from(&mut self.rbuf) {
+            let data = BytesMut::from(&self.rbuf[..len]);
+            self.buf.clear();
+            match self.ep.handle(now, from, None, None, data, &mut self.buf) {
+                Some(quinn_proto::DatagramEvent::ConnectionEvent(_, ev)) => {
+                    if let Some((_, c)) = self.conn.as_mut() {
+                        c.handle_event(ev);
+                    }
+                }
+                Some(quinn_proto::DatagramEvent::NewConnection(inc)) => {
+                    self.buf.clear();
+                    let (h, c) = self.ep.accept(inc, now, &mut self.buf, None).unwrap();
+                    self.conn = Some((h, c));
+                }
+                Some(quinn_proto::DatagramEvent::Response(t)) => {
+                    let _ = self.sock.send_to(&self.buf[..t.size], t.destination);
+                }
+                None => {}
+            }
+        }
+        if let Some((_, c)) = self.conn.as_mut() {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+            while c.poll().is_some() {}
+            while let Some(d) = c.datagrams().recv() {
+                out.push(d);
+            }
+        }
+        self.flush();
+    }
+}
+
+fn proto_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
+    let (chain, key) = certs();
+    let cert = chain[0].clone();
+    let server_cfg = Arc::new(quinn_proto::ServerConfig::with_single_cert(chain, key).unwrap());
+    let mut server = Side::new(Some(server_cfg));
+    let saddr = server.sock.local_addr().unwrap();
+    let srv = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut count = 0;
+        let mut c0 = None;
+        while count < n + N_WARM {
+            server.turn(None, &mut got);
+            for d in got.drain(..) {
+                count += 1;
+                if count == N_WARM + 1 {
+                    c0 = Some(thread_cpu());
+                }
+                if let Some((_, c)) = server.conn.as_mut() {
+                    c.datagrams().send(d, true).unwrap();
+                }
+            }
+            server.flush();
+        }
+        let c1 = thread_cpu();
+        let c0 = c0.unwrap();
+        let end = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < end {
+            server.turn(Some(end), &mut got);
+        }
+        (c1.0 - c0.0, c1.1 - c0.1)
+    });
+    let mut client = Side::new(None);
+    let (h, c) = client
+        .ep
+        .connect(Instant::now(), client_cfg(&cert), saddr, "localhost")
+        .unwrap();
+    client.conn = Some((h, c));
+    client.flush();
+    let mut got = Vec::new();
+    // handshake
+    loop {
+        client.turn(Some(Instant::now() + Duration::from_millis(10)), &mut got);
+        let (_, c) = client.conn.as_mut().unwrap();
+        if !c.is_handshaking() {
+            break;
+        }
+    }
+    let msg = Bytes::from(vec![7u8; 100]);
+    let mut rtts = Vec::new();
+    let mut c0 = thread_cpu();
+    for i in 0..n + N_WARM {
+        if i == N_WARM {
+            c0 = thread_cpu();
+        }
+        let t = Instant::now();
+        client
+            .conn
+            .as_mut()
+            .unwrap()
+            .1
+            .datagrams()
+            .send(msg.clone(), true)
+            .unwrap();
+        client.flush();
+        got.clear();
+        while got.is_empty() {
+            client.turn(None, &mut got);
+        }
+        if i >= N_WARM {
+            rtts.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        // idle for the gap, still serving timers
+        let end = Instant::now() + gap;
+        while Instant::now() < end {
+            client.turn(Some(end), &mut got);
+        }
+    }
+    let c1 = thread_cpu();
+    (
+        Report {
+            rtts,
+            cpu: (c1.0 - c0.0, c1.1 - c0.1),
+        },
+        srv.join().unwrap(),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: quic-pingpong udp|proto|quinn [N (1..=100000, default 500)] \
+                 [GAP_US (0..=1000000, default 10000)]";
+    let mode = args.get(1).map(String::as_str).unwrap_or("udp");
+    let n: usize = match args.get(2).map(|s| s.parse()) {
+        None => 500,
+        Some(Ok(n)) if (1..=100_000).contains(&n) => n,
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2)
+        }
+    };
+    let gap_us: u64 = match args.get(3).map(|s| s.parse()) {
+        None => 10_000,
+        Some(Ok(g)) if g <= 1_000_000 => g,
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2)
+        }
+    };
+    let gap = Duration::from_micros(gap_us);
+    let (r, s) = match mode {
+        "udp" => udp(n, gap),
+        "quinn" => quinn_mode(n, gap),
+        "proto" => proto_mode(n, gap),
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2)
+        }
+    };
+    let mut v = r.rtts.clone();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let avg = v.iter().sum::<f64>() / v.len() as f64;
+    let nn = n as f64;
+    println!(
+        "{mode:6} n={n} gap={:?}: rtt avg {:.1} us, median {:.1}, min {:.1} | client cpu/ping user {:.1} sys {:.1} | server user {:.1} sys {:.1}",
+        gap,
+        avg,
+        v[v.len() / 2],
+        v[0],
+        r.cpu.0 / nn,
+        r.cpu.1 / nn,
+        s.0 / nn,
+        s.1 / nn
+    );
+}
