@@ -32,8 +32,8 @@ impl Node {
 
     /// Send `pkt` on `link`: false when the link's connection is gone (the packet
     /// is left to the caller, which sets up a new route). The hot path takes quinn's
-    /// connection lock once: the datagram is offered as it is, and only one quinn
-    /// refuses as too large goes the oversize way (SPEC §6 Data).
+    /// connection lock once: the datagram is offered as it is, and only a datagram
+    /// quinn refuses as too large takes the oversize path (SPEC §6 Data).
     pub(super) fn send_on(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) -> bool {
         buf.reserve(CAPSULE_OVERHEAD + pkt.len());
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
