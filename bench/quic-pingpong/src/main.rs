@@ -34,6 +34,41 @@ struct Report {
     cpu: (f64, f64),
 }
 
+/// Round trips and CPU of the pinging side, counted after the warm-up pings.
+struct Meter {
+    rtts: Vec<f64>,
+    c0: (f64, f64),
+}
+
+impl Meter {
+    fn new() -> Meter {
+        Meter {
+            rtts: Vec::new(),
+            c0: thread_cpu(),
+        }
+    }
+    /// Ping `i` starts now.
+    fn start(&mut self, i: usize) -> Instant {
+        if i == N_WARM {
+            self.c0 = thread_cpu();
+        }
+        Instant::now()
+    }
+    /// Ping `i`, started at `t`, got its answer.
+    fn done(&mut self, i: usize, t: Instant) {
+        if i >= N_WARM {
+            self.rtts.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    fn report(self) -> Report {
+        let c1 = thread_cpu();
+        Report {
+            rtts: self.rtts,
+            cpu: (c1.0 - self.c0.0, c1.1 - self.c0.1),
+        }
+    }
+}
+
 fn certs() -> (
     Vec<rustls::pki_types::CertificateDer<'static>>,
     rustls::pki_types::PrivateKeyDer<'static>,
@@ -70,29 +105,16 @@ fn udp(n: usize, gap: Duration) -> (Report, (f64, f64)) {
     c.connect(saddr).unwrap();
     let mut buf = [0u8; 2048];
     let msg = [7u8; 100];
-    let mut rtts = Vec::new();
-    let mut c0 = thread_cpu();
+    let mut m = Meter::new();
     for i in 0..n + N_WARM {
-        if i == N_WARM {
-            c0 = thread_cpu();
-        }
-        let t = Instant::now();
+        let t = m.start(i);
         c.send(&msg).unwrap();
         c.recv(&mut buf).unwrap();
-        if i >= N_WARM {
-            rtts.push(t.elapsed().as_secs_f64() * 1e6);
-        }
+        m.done(i, t);
         std::thread::sleep(gap);
     }
-    let c1 = thread_cpu();
-    let s = srv.join().unwrap();
-    (
-        Report {
-            rtts,
-            cpu: (c1.0 - c0.0, c1.1 - c0.1),
-        },
-        s,
-    )
+    let r = m.report();
+    (r, srv.join().unwrap())
 }
 
 // ---------------------------------------------------------------- quinn
@@ -142,25 +164,15 @@ fn quinn_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
         );
         let conn = ep.connect(saddr, "localhost").unwrap().await.unwrap();
         let msg = Bytes::from(vec![7u8; 100]);
-        let mut rtts = Vec::new();
-        let mut c0 = thread_cpu();
+        let mut m = Meter::new();
         for i in 0..n + N_WARM {
-            if i == N_WARM {
-                c0 = thread_cpu();
-            }
-            let t = Instant::now();
+            let t = m.start(i);
             conn.send_datagram(msg.clone()).unwrap();
             conn.read_datagram().await.unwrap();
-            if i >= N_WARM {
-                rtts.push(t.elapsed().as_secs_f64() * 1e6);
-            }
+            m.done(i, t);
             tokio::time::sleep(gap).await;
         }
-        let c1 = thread_cpu();
-        Report {
-            rtts,
-            cpu: (c1.0 - c0.0, c1.1 - c0.1),
-        }
+        m.report()
     });
     (rep, srv.join().unwrap())
 }
@@ -313,13 +325,9 @@ fn proto_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
         }
     }
     let msg = Bytes::from(vec![7u8; 100]);
-    let mut rtts = Vec::new();
-    let mut c0 = thread_cpu();
+    let mut m = Meter::new();
     for i in 0..n + N_WARM {
-        if i == N_WARM {
-            c0 = thread_cpu();
-        }
-        let t = Instant::now();
+        let t = m.start(i);
         client
             .conn
             .as_mut()
@@ -333,23 +341,15 @@ fn proto_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
         while got.is_empty() {
             client.turn(None, &mut got);
         }
-        if i >= N_WARM {
-            rtts.push(t.elapsed().as_secs_f64() * 1e6);
-        }
+        m.done(i, t);
         // idle for the gap, still serving timers
         let end = Instant::now() + gap;
         while Instant::now() < end {
             client.turn(Some(end), &mut got);
         }
     }
-    let c1 = thread_cpu();
-    (
-        Report {
-            rtts,
-            cpu: (c1.0 - c0.0, c1.1 - c0.1),
-        },
-        srv.join().unwrap(),
-    )
+    let r = m.report();
+    (r, srv.join().unwrap())
 }
 
 fn main() {
