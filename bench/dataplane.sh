@@ -389,7 +389,10 @@ ticks() { # utime+stime of the whole process (all threads), in clock ticks
   echo $((${12} + ${13}))
 }
 
-oncpu_ns() { # time all threads of a process have run on a CPU, in ns (schedstat)
+# Time all live threads of a process have run on a CPU, in ns (schedstat): precise
+# enough for the few ms of a ping phase. A thread that exits drops out of the sum, so
+# the long iperf3 phase uses ticks() above, which keeps dead threads' time.
+oncpu_ns() {
   local t sum=0 a
   for t in /proc/"$1"/task/*/schedstat; do
     read -r a _ <"$t" 2>/dev/null && sum=$((sum + a))

@@ -88,19 +88,17 @@ fn real_main(cli: Cli) -> Result<()> {
                 )
                 .init();
             let cfg = load_config(&cli)?;
-            let rt = match cfg.threads {
-                1 => tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build(),
-                0 => tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build(),
-                n => tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(n)
-                    .enable_all()
-                    .build(),
+            let mut rt = match cfg.threads {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                _ => tokio::runtime::Builder::new_multi_thread(),
+            };
+            if cfg.threads > 1 {
+                rt.worker_threads(cfg.threads);
             }
-            .context("cannot start the async runtime")?;
+            let rt = rt
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
             tracing::info!(threads = cfg.threads, "runtime (0: one thread per CPU)");
             rt.block_on(cyphonic_node::daemon::run(cfg))
         }
