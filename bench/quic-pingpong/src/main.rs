@@ -227,12 +227,7 @@ impl Side {
     /// Returns received application datagrams.
     fn turn(&mut self, limit: Option<Instant>, out: &mut Vec<Bytes>) {
         let now = Instant::now();
-        let mut deadline = limit;
-        if let Some((_, c)) = self.conn.as_mut() {
-            if let Some(t) = c.poll_timeout() {
-                deadline = Some(deadline.map_or(t, |d| d.min(t)));
-            }
-        }
+        let deadline = self.deadline(limit);
         let timeout_ms = deadline.map_or(-1, |d| {
             let r = d.saturating_duration_since(now);
             (r.as_micros().div_ceil(1000)) as i32
@@ -243,6 +238,48 @@ impl Side {
             revents: 0,
         };
         unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        self.process(out);
+    }
+
+    /// When the connection's timer next fires (or `limit`, if earlier).
+    fn deadline(&mut self, limit: Option<Instant>) -> Option<Instant> {
+        let mut deadline = limit;
+        if let Some((_, c)) = self.conn.as_mut() {
+            if let Some(t) = c.poll_timeout() {
+                deadline = Some(deadline.map_or(t, |d| d.min(t)));
+            }
+        }
+        deadline
+    }
+
+    /// The `tokio` mode's `turn`: the same work, woken by tokio's reactor (one task
+    /// per side, no hand-off between tasks) instead of poll(2).
+    async fn turn_async(
+        &mut self,
+        afd: &tokio::io::unix::AsyncFd<UdpSocket>,
+        limit: Option<Instant>,
+        out: &mut Vec<Bytes>,
+    ) {
+        let deadline = self.deadline(limit);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            g = afd.readable() => {
+                if let Ok(mut g) = g {
+                    g.clear_ready();
+                }
+            }
+            _ = sleep => {}
+        }
+        self.process(out);
+    }
+
+    /// Receive what is there, run timers, collect datagrams, send what is due.
+    fn process(&mut self, out: &mut Vec<Bytes>) {
         let now = Instant::now();
         while let Ok((len, from)) = self.sock.recv_from(&mut self.rbuf) {
             let data = BytesMut::from(&self.rbuf[..len]);
@@ -352,9 +389,91 @@ fn proto_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
     (r, srv.join().unwrap())
 }
 
+// ---------------------------------------------------- quinn-proto on one tokio task
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn tokio_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
+    let (chain, key) = certs();
+    let cert = chain[0].clone();
+    let server_cfg = Arc::new(quinn_proto::ServerConfig::with_single_cert(chain, key).unwrap());
+    let mut server = Side::new(Some(server_cfg));
+    let saddr = server.sock.local_addr().unwrap();
+    let srv = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let afd = tokio::io::unix::AsyncFd::new(server.sock.try_clone().unwrap()).unwrap();
+            let mut got = Vec::new();
+            let mut count = 0;
+            let mut c0 = None;
+            while count < n + N_WARM {
+                server.turn_async(&afd, None, &mut got).await;
+                for d in got.drain(..) {
+                    count += 1;
+                    if count == N_WARM + 1 {
+                        c0 = Some(thread_cpu());
+                    }
+                    if let Some((_, c)) = server.conn.as_mut() {
+                        c.datagrams().send(d, true).unwrap();
+                    }
+                }
+                server.flush();
+            }
+            let c1 = thread_cpu();
+            let c0 = c0.unwrap();
+            let end = Instant::now() + Duration::from_millis(50);
+            while Instant::now() < end {
+                server.turn_async(&afd, Some(end), &mut got).await;
+            }
+            (c1.0 - c0.0, c1.1 - c0.1)
+        })
+    });
+    let rep = current_thread().block_on(async move {
+        let mut client = Side::new(None);
+        let afd = tokio::io::unix::AsyncFd::new(client.sock.try_clone().unwrap()).unwrap();
+        let (h, c) = client
+            .ep
+            .connect(Instant::now(), client_cfg(&cert), saddr, "localhost")
+            .unwrap();
+        client.conn = Some((h, c));
+        client.flush();
+        let mut got = Vec::new();
+        loop {
+            let limit = Some(Instant::now() + Duration::from_millis(10));
+            client.turn_async(&afd, limit, &mut got).await;
+            if !client.conn.as_mut().unwrap().1.is_handshaking() {
+                break;
+            }
+        }
+        let msg = Bytes::from(vec![7u8; 100]);
+        let mut m = Meter::new();
+        for i in 0..n + N_WARM {
+            let t = m.start(i);
+            let c = &mut client.conn.as_mut().unwrap().1;
+            c.datagrams().send(msg.clone(), true).unwrap();
+            client.flush();
+            got.clear();
+            while got.is_empty() {
+                client.turn_async(&afd, None, &mut got).await;
+            }
+            m.done(i, t);
+            let end = Instant::now() + gap;
+            while Instant::now() < end {
+                client.turn_async(&afd, Some(end), &mut got).await;
+            }
+        }
+        m.report()
+    });
+    (rep, srv.join().unwrap())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: quic-pingpong udp|proto|quinn [N (1..=100000, default 500)] \
+    let usage = "usage: quic-pingpong udp|proto|tokio|quinn [N (1..=100000, default 500)] \
                  [GAP_US (0..=1000000, default 10000)]";
     let mode = args.get(1).map(String::as_str).unwrap_or("udp");
     let n: usize = match args.get(2).map(|s| s.parse()) {
@@ -378,6 +497,7 @@ fn main() {
         "udp" => udp(n, gap),
         "quinn" => quinn_mode(n, gap),
         "proto" => proto_mode(n, gap),
+        "tokio" => tokio_mode(n, gap),
         _ => {
             eprintln!("{usage}");
             std::process::exit(2)
