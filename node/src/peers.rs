@@ -15,9 +15,6 @@ use serde::Serialize;
 /// of two simultaneous setups, settled by the NodeID rule.
 pub const FRESH_AFTER: Duration = Duration::from_secs(2);
 
-/// Oversize packets queued per link for its stream; more are dropped.
-const OVERSIZE_QUEUE: usize = 256;
-
 /// How a peer's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,7 +70,7 @@ pub struct PeerLink {
     pub peer: PeerInfo,
     pub path_id: PathId,
     pub kind: PathKind,
-    pub conn: quinn::Connection,
+    pub conn: crate::engine::PeerConn,
     /// Whether this node dialed the connection.
     pub dialed: bool,
     /// A tunnel set up by a Route Direction (or re-set-up after a move), as opposed
@@ -85,9 +82,6 @@ pub struct PeerLink {
     pub counters: Counters,
     /// The path this link replaced (relayed → direct), if any.
     pub switched_from: std::sync::OnceLock<PathKind>,
-    /// Encoded Capsules too large for a datagram, for the link's stream writer.
-    pub oversize: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    oversize_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>>,
 }
 
 impl PeerLink {
@@ -95,11 +89,10 @@ impl PeerLink {
         peer: PeerInfo,
         path_id: PathId,
         kind: PathKind,
-        conn: quinn::Connection,
+        conn: crate::engine::PeerConn,
         dialed: bool,
         peer_node_id: Option<NodeId>,
     ) -> PeerLink {
-        let (oversize, rx) = tokio::sync::mpsc::channel(OVERSIZE_QUEUE);
         PeerLink {
             peer,
             path_id,
@@ -112,17 +105,7 @@ impl PeerLink {
             started_wall: SystemTime::now(),
             counters: Counters::default(),
             switched_from: std::sync::OnceLock::new(),
-            oversize,
-            oversize_rx: std::sync::Mutex::new(Some(rx)),
         }
-    }
-
-    /// The receiving end of [`PeerLink::oversize`] (once).
-    pub fn take_oversize_rx(&self) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>> {
-        self.oversize_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
     }
 
     pub fn touch(&self) {

@@ -213,7 +213,8 @@ impl Node {
             // An extra connection from hole punching (SPEC §8).
             req = req.with_flag(Flag::Optimization);
         }
-        let resp = rpc::transact(&conn, &req, CLOUD_TIMEOUT)
+        let resp = conn
+            .transact(&req, CLOUD_TIMEOUT)
             .await
             .map_err(|e| anyhow!("Tunnel Request to {} refused: {e}", peer.fqdn))?;
         if resp.flag != Flag::Ok || !matches!(resp.body, Body::TunnelResponse) {
@@ -228,23 +229,27 @@ impl Node {
 
     // ----- accepted peer connections (responder side) ----------------------------
 
-    pub(super) async fn accept(self: Arc<Self>, conn: quinn::Connection) -> Result<()> {
+    pub(super) async fn accept(self: Arc<Self>, conn: PeerConn) -> Result<()> {
         let Some(id) = peer_identity(&conn) else {
             conn.close(quinn::VarInt::from_u32(33), b"no certificate");
             return Err(anyhow!("peer connection without a certificate"));
         };
-        let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
+        let Request {
+            message,
+            reply: send,
+        } = tokio::time::timeout(Duration::from_secs(5), conn.next_request())
             .await
-            .context("no Tunnel Request")??;
-        let req = tokio::time::timeout(
-            Duration::from_secs(5),
-            read_message(&mut recv, rpc::MAX_SIGNALING_LEN),
-        )
-        .await
-        .context("Tunnel Request timed out")??;
+            .context("no Tunnel Request within 5 s")?
+            .context("connection closed before its Tunnel Request")?;
+        let req = match message {
+            Ok(m) => m,
+            Err(e) => {
+                send.send(e.reply().map(|r| r.with_flag(Flag::Malformed)).as_ref());
+                return Err(e).context("malformed Tunnel Request");
+            }
+        };
         if !matches!(req.body, Body::TunnelRequest) {
-            let _ = write_message(&mut send, &refusal(&req, Flag::Malformed)).await;
-            let _ = send.shutdown().await;
+            send.send(Some(&refusal(&req, Flag::Malformed)));
             conn.close(quinn::VarInt::from_u32(36), b"expected a Tunnel Request");
             return Err(anyhow!(
                 "first message from {} was not a Tunnel Request",
@@ -282,12 +287,11 @@ impl Node {
             refuse_tunnel(&conn, send, &req, Flag::PeerUnreachable, b"relay only").await;
             return Ok(());
         }
-        write_message(
-            &mut send,
-            &Message::response_to(&req, Flag::Ok, Body::TunnelResponse),
-        )
-        .await?;
-        let _ = send.shutdown().await;
+        send.send(Some(&Message::response_to(
+            &req,
+            Flag::Ok,
+            Body::TunnelResponse,
+        )));
         let kind = match e.kind {
             _ if via_trs => PathKind::Relayed,
             PathKind::Relayed => PathKind::Direct,
@@ -304,14 +308,13 @@ impl Node {
 /// Answer a Tunnel Request with a refusal carrying `flag`, give it a moment to reach
 /// the peer, and close the connection (the flag's code is the close code).
 async fn refuse_tunnel(
-    conn: &quinn::Connection,
-    mut send: quinn::SendStream,
+    conn: &PeerConn,
+    send: crate::engine::Responder,
     req: &Message,
     flag: Flag,
     reason: &[u8],
 ) {
-    let _ = write_message(&mut send, &refusal(req, flag)).await;
-    let _ = send.shutdown().await;
+    send.send(Some(&refusal(req, flag)));
     tokio::time::sleep(Duration::from_millis(100)).await;
     conn.close(quinn::VarInt::from_u32(flag.code() as u32), reason);
 }
