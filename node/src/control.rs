@@ -34,6 +34,9 @@ pub struct NodeStatus {
     pub dns: Option<SocketAddr>,
     pub cloud: CloudStatus,
     pub peers: usize,
+    /// The node's one UDP socket.
+    #[serde(default)]
+    pub socket: crate::engine::SocketStats,
 }
 
 /// What the control socket needs from the daemon.
@@ -62,6 +65,7 @@ impl ControlState {
             dns: self.dns,
             cloud: n.cloud_status(),
             peers: n.peers.links().len(),
+            socket: n.ep.engine.counters.snapshot(),
         }
     }
 

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ const UNI_QUEUE: usize = 256;
 const CLOUD_QUEUE: usize = 1024;
 /// Receive batches the loop takes from the socket before it looks at the TUN again.
 const RX_ROUNDS: usize = 8;
+/// Datagrams in one GSO send at most (see `Engine::start`).
+const MAX_GSO_SEGMENTS: usize = 10;
 /// Largest UDP payload the engine receives in one segment (GRO buffers hold several).
 const MAX_UDP: usize = 65536;
 
@@ -139,6 +142,39 @@ pub struct Engine {
     orphans: Mutex<Vec<qp::ConnectionHandle>>,
     acceptor: OnceLock<Box<dyn Fn(PeerConn) + Send + Sync>>,
     stopped: std::sync::atomic::AtomicBool,
+    pub counters: EngineCounters,
+}
+
+/// What the engine's socket did, for `status`.
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    rx_peer: AtomicU64,
+    rx_cloud: AtomicU64,
+    tx_dropped: AtomicU64,
+    rx_errors: AtomicU64,
+}
+
+/// [`EngineCounters`] at one moment (`cyphonic-node status`, `socket`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct SocketStats {
+    /// Datagrams for peer connections (the engine) and for the cloud endpoint.
+    pub rx_peer: u64,
+    pub rx_cloud: u64,
+    /// Sends the socket refused (its buffer full): QUIC's loss recovery resends.
+    pub tx_dropped: u64,
+    /// Receive errors (ICMP errors reported on the socket).
+    pub rx_errors: u64,
+}
+
+impl EngineCounters {
+    pub fn snapshot(&self) -> SocketStats {
+        SocketStats {
+            rx_peer: self.rx_peer.load(Relaxed),
+            rx_cloud: self.rx_cloud.load(Relaxed),
+            tx_dropped: self.tx_dropped.load(Relaxed),
+            rx_errors: self.rx_errors.load(Relaxed),
+        }
+    }
 }
 
 struct State {
@@ -242,7 +278,9 @@ impl Engine {
             Box::new(cyphonic_proto::quic::RelayCidGenerator::new(token).with_plane(true))
         });
         let endpoint = qp::Endpoint::new(Arc::new(cfg), None, !udp.may_fragment(), None);
-        let gso = udp.max_gso_segments().max(1);
+        // quinn's cap: 64-segment sends lost ~5 % of their segments on the bench's
+        // veth (BENCHMARKS.md); 10 to 32 all measured alike.
+        let gso = udp.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
         // SAFETY: the engine owns the socket from here on; the descriptor stays open for
         // as long as the AsyncFd that holds it.
         let io =
@@ -266,6 +304,7 @@ impl Engine {
             orphans: Mutex::new(Vec::new()),
             acceptor: OnceLock::new(),
             stopped: Default::default(),
+            counters: Default::default(),
         });
         tokio::spawn(engine.clone().run());
         Ok(engine)
@@ -361,6 +400,7 @@ impl Engine {
         // A full socket buffer drops the datagram, as a congested link would; QUIC's
         // loss recovery resends what mattered.
         if let Err(e) = self.udp.send(self.io.get_ref().into(), &transmit) {
+            self.counters.tx_dropped.fetch_add(1, Relaxed);
             if e.kind() != io::ErrorKind::WouldBlock {
                 tracing::trace!(error = %e, to = %t.destination, "UDP send failed");
             }
@@ -416,7 +456,7 @@ impl Engine {
                     .into(),
             );
             let tun_got = tokio::select! {
-                biased;
+                // Unbiased: a busy socket must not starve the TUN (nor the reverse).
                 r = self.io.readable() => { match r {
                     Ok(mut guard) => {
                         let drained = self.receive(&mut rx);
@@ -497,12 +537,11 @@ impl Engine {
 
     /// Read what the socket holds (up to a budget): true when it is drained.
     fn receive(&self, rx: &mut RxBufs) -> bool {
-        let mut cloud_got = false;
-        let mut drained = false;
-        {
-            let mut st = lock(&self.state);
-            let mut touched: Vec<qp::ConnectionHandle> = Vec::new();
-            for _ in 0..RX_ROUNDS {
+        let mut touched: Vec<qp::ConnectionHandle> = Vec::new();
+        for _ in 0..RX_ROUNDS {
+            let mut cloud_got = false;
+            {
+                let mut st = lock(&self.state);
                 let n = {
                     let mut iovs: Vec<IoSliceMut<'_>> =
                         rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
@@ -511,11 +550,9 @@ impl Engine {
                         .recv(self.io.get_ref().into(), &mut iovs, &mut rx.meta)
                     {
                         Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            drained = true;
-                            break;
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                         Err(e) => {
+                            self.counters.rx_errors.fetch_add(1, Relaxed);
                             // ICMP errors surface here (port unreachable): not fatal.
                             tracing::trace!(error = %e, "UDP receive error");
                             continue;
@@ -529,18 +566,11 @@ impl Engine {
                     let stride = meta.stride.max(1);
                     for seg in data.chunks(stride) {
                         if !for_peer_plane(seg) {
-                            let mut q = lock(&self.cloud);
-                            if q.datagrams.len() < CLOUD_QUEUE {
-                                let mut m = meta;
-                                m.len = seg.len();
-                                m.stride = seg.len();
-                                q.datagrams.push_back((seg.to_vec(), m));
-                                cloud_got = true;
-                            } else {
-                                q.dropped += 1;
-                            }
+                            self.counters.rx_cloud.fetch_add(1, Relaxed);
+                            cloud_got |= self.to_cloud(seg, meta);
                             continue;
                         }
+                        self.counters.rx_peer.fetch_add(1, Relaxed);
                         let ecn = meta.ecn.and_then(|e| qp::EcnCodepoint::from_bits(e as u8));
                         st.handle_datagram(
                             self,
@@ -553,17 +583,40 @@ impl Engine {
                         );
                     }
                 }
+                // Deliver each batch before reading the next: quinn-proto buffers
+                // received datagrams only up to its limit.
+                for h in touched.drain(..) {
+                    st.drive(self, h);
+                }
             }
-            for h in touched {
-                st.drive(self, h);
+            self.run_later();
+            if cloud_got {
+                if let Some(w) = lock(&self.cloud).waker.take() {
+                    w.wake();
+                }
             }
         }
-        if cloud_got {
-            if let Some(w) = lock(&self.cloud).waker.take() {
-                w.wake();
+        false
+    }
+
+    /// Queue a datagram for the cloud endpoint: true if queued.
+    fn to_cloud(&self, seg: &[u8], meta: RecvMeta) -> bool {
+        let mut q = lock(&self.cloud);
+        if q.datagrams.len() >= CLOUD_QUEUE {
+            q.dropped += 1;
+            if q.dropped.is_power_of_two() {
+                tracing::debug!(
+                    dropped = q.dropped,
+                    "cloud endpoint queue full; datagram dropped"
+                );
             }
+            return false;
         }
-        drained
+        let mut m = meta;
+        m.len = seg.len();
+        m.stride = seg.len();
+        q.datagrams.push_back((seg.to_vec(), m));
+        true
     }
 }
 
@@ -1068,6 +1121,11 @@ impl PeerConn {
             .unwrap_or(self.shared.remote)
     }
 
+    /// QUIC's view of the path: packets sent and lost, congestion window.
+    pub fn path_stats(&self) -> Option<qp::PathStats> {
+        self.peek(|c| c.stats().path)
+    }
+
     pub fn rtt(&self) -> Duration {
         self.peek(|c| c.rtt()).unwrap_or_default()
     }
@@ -1249,7 +1307,10 @@ struct RxBufs {
 
 impl RxBufs {
     fn new(gro: usize) -> RxBufs {
-        let per = (gro.max(1) * 1500).clamp(1500, MAX_UDP);
+        // A GRO list can hold 64 datagrams of any size: a buffer smaller than that
+        // truncates it and loses the rest (quinn sizes its buffers the same way).
+        // Pages the kernel never writes are never made resident.
+        let per = gro.max(1) * MAX_UDP;
         let n = quinn::udp::BATCH_SIZE.max(1);
         RxBufs {
             bufs: (0..n).map(|_| vec![0u8; per]).collect(),

@@ -26,7 +26,7 @@ impl AcceptPeer for Accepted {
 #[derive(Debug)]
 enum Seen {
     Datagram(Bytes),
-    Message(Result<Message, String>),
+    Message(Box<Result<Message, String>>),
     Closed(String),
 }
 
@@ -41,7 +41,7 @@ impl ConnHandler for Recorder {
     fn stream_message(&self, message: Result<Message, FrameError>) {
         let _ = self
             .0
-            .send(Seen::Message(message.map_err(|e| e.to_string())));
+            .send(Seen::Message(Box::new(message.map_err(|e| e.to_string()))));
     }
     fn closed(&self, reason: &quinn::ConnectionError) {
         let _ = self.0.send(Seen::Closed(reason.to_string()));
@@ -165,11 +165,11 @@ async fn transactions_datagrams_and_the_oversize_stream() {
     assert!(client.send_on_stream(Bytes::from(big.encode().unwrap())));
     assert!(client.send_on_stream(Bytes::from(small.encode().unwrap())));
     match next(&mut srx).await {
-        Seen::Message(Ok(m)) => assert_eq!(m, big),
+        Seen::Message(m) => assert_eq!(*m, Ok(big)),
         other => panic!("expected the capsule, got {other:?}"),
     }
     match next(&mut srx).await {
-        Seen::Message(Ok(m)) => assert_eq!(m, small),
+        Seen::Message(m) => assert_eq!(*m, Ok(small)),
         other => panic!("expected the keep-alive, got {other:?}"),
     }
 
