@@ -438,6 +438,9 @@ impl Engine {
         let mut dp: Option<(Arc<Tun>, Arc<Node>)> = None;
         let mut tun_io: Option<TunIo> = None;
         let mut scratch = BytesMut::with_capacity(256 * 1024);
+        let idle_deadline = Instant::now() + Duration::from_secs(365 * 86_400);
+        let mut armed = idle_deadline;
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(idle_deadline.into()));
         loop {
             if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
@@ -450,11 +453,14 @@ impl Engine {
             }
             let deadline = self.housekeeping();
             self.run_later();
-            let sleep = tokio::time::sleep_until(
-                deadline
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-                    .into(),
-            );
+            // One timer, moved only when the deadline changes: registering a new one
+            // each turn costs a timer-wheel update (and a wake of the driver when it
+            // is earlier).
+            let deadline = deadline.unwrap_or(idle_deadline);
+            if deadline != armed {
+                sleep.as_mut().reset(deadline.into());
+                armed = deadline;
+            }
             let tun_got = tokio::select! {
                 // Unbiased: a busy socket must not starve the TUN (nor the reverse).
                 r = self.io.readable() => { match r {
@@ -471,7 +477,11 @@ impl Engine {
                 }; None },
                 n = tun_read(dp.as_ref().map(|d| &d.0), tun_io.as_mut()) => Some(n),
                 _ = self.wake.notified() => None,
-                _ = sleep => None,
+                _ = &mut sleep => {
+                    // Fired: re-arm next turn whatever the deadline is.
+                    armed = idle_deadline;
+                    None
+                }
             };
             if let Some(n) = tun_got {
                 if let (Some((tun, node)), Some(io)) = (&dp, &tun_io) {
@@ -562,12 +572,14 @@ impl Engine {
                 let now = Instant::now();
                 for i in 0..n {
                     let meta = rx.meta[i];
-                    let data = &rx.bufs[i][..meta.len];
+                    // One copy per GRO list; its datagrams are split off it.
+                    let mut data = BytesMut::from(&rx.bufs[i][..meta.len]);
                     let stride = meta.stride.max(1);
-                    for seg in data.chunks(stride) {
-                        if !for_peer_plane(seg) {
+                    while !data.is_empty() {
+                        let seg = data.split_to(stride.min(data.len()));
+                        if !for_peer_plane(&seg) {
                             self.counters.rx_cloud.fetch_add(1, Relaxed);
-                            cloud_got |= self.to_cloud(seg, meta);
+                            cloud_got |= self.to_cloud(&seg, meta);
                             continue;
                         }
                         self.counters.rx_peer.fetch_add(1, Relaxed);
@@ -651,10 +663,9 @@ impl State {
         from: SocketAddr,
         dst_ip: Option<IpAddr>,
         ecn: Option<qp::EcnCodepoint>,
-        seg: &[u8],
+        data: BytesMut,
         touched: &mut Vec<qp::ConnectionHandle>,
     ) {
-        let data = BytesMut::from(seg);
         self.buf.clear();
         match self
             .endpoint
