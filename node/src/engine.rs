@@ -1478,7 +1478,7 @@ mod tests {
         }
         // A direct dialer's Initial: a random DCID of 20 bytes.
         assert!(for_peer_plane(&long(&[7u8; 20])));
-        // Garbage never panics.
+        // Garbage never panics (and see the property test below).
         for p in [
             &[][..],
             &[0x40][..],
@@ -1486,6 +1486,18 @@ mod tests {
             &[0xc0, 0, 0, 0, 1, 30, 1][..],
         ] {
             let _ = for_peer_plane(p);
+        }
+    }
+
+    proptest::proptest! {
+        /// Any datagram is classified without panicking, and a short-header packet
+        /// goes to the peer plane exactly when its DCID carries the bit.
+        #[test]
+        fn classifier_takes_any_bytes(pkt in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let peer = for_peer_plane(&pkt);
+            if pkt.len() > CID_LEN && pkt[0] & 0x80 == 0 {
+                proptest::prop_assert_eq!(peer, on_peer_plane(&pkt[1..1 + CID_LEN]));
+            }
         }
     }
 }
