@@ -34,9 +34,6 @@ pub struct NodeStatus {
     pub dns: Option<SocketAddr>,
     pub cloud: CloudStatus,
     pub peers: usize,
-    /// The node's one UDP socket.
-    #[serde(default)]
-    pub socket: crate::engine::SocketStats,
 }
 
 /// What the control socket needs from the daemon.
@@ -65,7 +62,6 @@ impl ControlState {
             dns: self.dns,
             cloud: n.cloud_status(),
             peers: n.peers.links().len(),
-            socket: n.ep.engine.counters.snapshot(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::dns::host::HostDns;
 use crate::dns::{DnsConfig, DnsServer, OverlayAnswer, OverlayError, OverlayResolver};
 use crate::endpoint::{NodeEndpoint, TransportSettings};
 use crate::node::{Node, NodeAcceptor, NodeSettings, RouteError};
-use crate::tun::Tun;
+use crate::tun::{self, Tun};
 
 /// Overlay names are resolved by setting up the route (SPEC §6: a DNS query for a
 /// peer FQDN triggers Direction Request).
@@ -127,12 +127,10 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         creds,
         Arc::new(NodeAcceptor(Arc::downgrade(&node))),
     )?;
-    let mut tasks = vec![tokio::spawn(node.clone().run_cloud())];
-    // From here the engine reads the TUN and carries its packets.
-    ep.engine.attach(crate::engine::DataPlane {
-        tun: tun.clone(),
-        node: node.clone(),
-    });
+    let mut tasks = vec![
+        tokio::spawn(node.clone().run_cloud()),
+        tokio::spawn(tun::pump(tun.clone(), node.clone())),
+    ];
     {
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
@@ -240,7 +238,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
     drop(dns_guard);
     drop(control);
-    ep.close(b"shutdown").await;
+    ep.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(1), ep.endpoint.wait_idle()).await;
     drop(node);
     drop(tun);
     tracing::info!("stopped");

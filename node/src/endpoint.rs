@@ -1,7 +1,5 @@
-//! The node's one UDP socket (SPEC §3): cloud connections and every peer connection
-//! share it, so NMS, TRS and peers see the same NAT mapping. The socket belongs to the
-//! data-plane engine (engine.rs), which drives the peer connections itself and hands
-//! the rest to the `quinn::Endpoint` of the cloud connections.
+//! The node's one UDP socket and QUIC endpoint (SPEC §3): cloud connections and every
+//! peer connection share it, so NMS, TRS and peers see the same NAT mapping.
 //!
 //! An endpoint can carry several identities (an adapter's general nodes): each has
 //! its own certificate, chosen by the TLS SNI a dialing peer sets (the responder's
@@ -19,11 +17,9 @@ use cyphonic_pki::{ClientAuth, Credentials, Role, SniResolver, TrustAnchor};
 use cyphonic_proto::quic::initial_dcid;
 use cyphonic_proto::{Fqdn, RelayToken};
 
-use crate::engine::{Engine, PeerConn};
-
 /// What a peer connection accepted for an identity is handed to.
 pub trait AcceptPeer: Send + Sync + 'static {
-    fn accepted(&self, conn: PeerConn);
+    fn accepted(&self, conn: quinn::Connection);
 }
 
 /// Transport limits of this node's connections.
@@ -68,11 +64,9 @@ struct IdentityEntry {
     handler: Arc<dyn AcceptPeer>,
 }
 
-/// One socket, one relay token; several identities. Cloud connections run on
-/// `endpoint`, peer connections on `engine`.
+/// One socket, one QUIC endpoint, one relay token; several identities.
 pub struct NodeEndpoint {
     pub endpoint: quinn::Endpoint,
-    pub engine: Arc<Engine>,
     pub token: RelayToken,
     trust: TrustAnchor,
     transport: TransportSettings,
@@ -98,43 +92,22 @@ impl NodeEndpoint {
             )
         })?;
         let token = RelayToken::random();
-        let engine = Engine::start(socket, token)?;
-        // The cloud endpoint's CIDs leave the peer-plane bit clear (engine.rs).
-        let mut cfg = quic::endpoint_config(token);
-        cfg.cid_generator(move || {
-            Box::new(cyphonic_proto::quic::RelayCidGenerator::new(token).with_plane(false))
-        });
-        let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            cfg,
-            None,
-            engine.cloud_socket(),
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let endpoint = quic::endpoint(quic::wrap_socket(socket)?, token, None)?;
         let ep = Arc::new(NodeEndpoint {
             endpoint,
-            engine: engine.clone(),
             token,
             trust,
             transport,
             identities: RwLock::new(HashMap::new()),
         });
-        let weak = Arc::downgrade(&ep);
-        engine.set_acceptor(Box::new(move |conn: PeerConn| match weak.upgrade() {
-            Some(ep) => ep.accepted(conn),
-            None => conn.close(quinn::VarInt::from_u32(0), b"shutting down"),
-        }));
+        tokio::spawn(accept_loop(ep.clone()));
         Ok(ep)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.engine.local_addr()
-    }
-
-    /// Close every connection, cloud and peer, and stop the engine.
-    pub async fn close(&self, reason: &[u8]) {
-        self.endpoint.close(quinn::VarInt::from_u32(0), reason);
-        self.engine.stop(quinn::VarInt::from_u32(0), reason);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn trust(&self) -> &TrustAnchor {
@@ -167,7 +140,7 @@ impl NodeEndpoint {
     fn rebuild_server_config(&self) -> Result<()> {
         let ids = read(&self.identities);
         if ids.is_empty() {
-            self.engine.set_server_config(None);
+            self.endpoint.set_server_config(None);
             return Ok(());
         }
         let mut resolver = SniResolver::new();
@@ -184,7 +157,7 @@ impl NodeEndpoint {
             .context("TLS configuration unusable for QUIC")?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         sc.transport_config(Arc::new(self.peer_transport()));
-        self.engine.set_server_config(Some(Arc::new(sc)));
+        self.endpoint.set_server_config(Some(sc));
         Ok(())
     }
 
@@ -267,15 +240,18 @@ impl NodeEndpoint {
         addr: SocketAddr,
         peer: &Fqdn,
         via_token: Option<RelayToken>,
-    ) -> Result<PeerConn> {
+    ) -> Result<quinn::Connection> {
         let mut cc = self.client(Some(creds), Role::Node, ALPN_PEER, self.peer_transport())?;
         if let Some(t) = via_token {
             cc.initial_dst_cid_provider(Arc::new(move || initial_dcid(t)));
         }
-        self.engine
-            .connect(cc, addr, peer.as_str())
+        let conn = self
+            .endpoint
+            .connect_with(cc, addr, peer.as_str())
+            .with_context(|| format!("cannot dial {peer} at {addr}"))?
             .await
-            .with_context(|| format!("QUIC handshake with {peer} at {addr} failed"))
+            .with_context(|| format!("QUIC handshake with {peer} at {addr} failed"))?;
+        Ok(conn)
     }
 
     /// The credentials of a carried identity.
@@ -296,13 +272,25 @@ impl NodeEndpoint {
     }
 }
 
-impl NodeEndpoint {
-    /// A connected peer connection: to the identity its SNI names.
-    fn accepted(&self, conn: PeerConn) {
-        let sni = conn.server_name();
-        match self.handler_for(sni.as_deref()) {
-            Some(h) => h.accepted(conn),
-            None => conn.close(quinn::VarInt::from_u32(33), b"no such identity here"),
-        }
+async fn accept_loop(ep: Arc<NodeEndpoint>) {
+    while let Some(incoming) = ep.endpoint.accept().await {
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "incoming peer handshake failed");
+                    return;
+                }
+            };
+            let sni = conn
+                .handshake_data()
+                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|h| h.server_name);
+            match ep.handler_for(sni.as_deref()) {
+                Some(h) => h.accepted(conn),
+                None => conn.close(quinn::VarInt::from_u32(33), b"no such identity here"),
+            }
+        });
     }
 }

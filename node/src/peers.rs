@@ -15,6 +15,9 @@ use serde::Serialize;
 /// of two simultaneous setups, settled by the NodeID rule.
 pub const FRESH_AFTER: Duration = Duration::from_secs(2);
 
+/// Oversize packets queued per link for its stream; more are dropped.
+const OVERSIZE_QUEUE: usize = 256;
+
 /// How a peer's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +73,7 @@ pub struct PeerLink {
     pub peer: PeerInfo,
     pub path_id: PathId,
     pub kind: PathKind,
-    pub conn: crate::engine::PeerConn,
+    pub conn: quinn::Connection,
     /// Whether this node dialed the connection.
     pub dialed: bool,
     /// A tunnel set up by a Route Direction (or re-set-up after a move), as opposed
@@ -82,6 +85,9 @@ pub struct PeerLink {
     pub counters: Counters,
     /// The path this link replaced (relayed → direct), if any.
     pub switched_from: std::sync::OnceLock<PathKind>,
+    /// Encoded Capsules too large for a datagram, for the link's stream writer.
+    pub oversize: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    oversize_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>>,
 }
 
 impl PeerLink {
@@ -89,10 +95,11 @@ impl PeerLink {
         peer: PeerInfo,
         path_id: PathId,
         kind: PathKind,
-        conn: crate::engine::PeerConn,
+        conn: quinn::Connection,
         dialed: bool,
         peer_node_id: Option<NodeId>,
     ) -> PeerLink {
+        let (oversize, rx) = tokio::sync::mpsc::channel(OVERSIZE_QUEUE);
         PeerLink {
             peer,
             path_id,
@@ -105,7 +112,17 @@ impl PeerLink {
             started_wall: SystemTime::now(),
             counters: Counters::default(),
             switched_from: std::sync::OnceLock::new(),
+            oversize,
+            oversize_rx: std::sync::Mutex::new(Some(rx)),
         }
+    }
+
+    /// The receiving end of [`PeerLink::oversize`] (once).
+    pub fn take_oversize_rx(&self) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>> {
+        self.oversize_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn touch(&self) {
@@ -132,7 +149,6 @@ impl PeerLink {
 
     pub fn status(&self) -> PeerStatus {
         let c = &self.counters;
-        let quic = self.conn.path_stats();
         let since = self
             .started_wall
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -159,9 +175,6 @@ impl PeerLink {
             idle_secs: self.idle_for().as_secs(),
             max_datagram: self.conn.max_datagram_size(),
             switched_from: self.switched_from.get().copied(),
-            quic_sent_packets: quic.map_or(0, |q| q.sent_packets),
-            quic_lost_packets: quic.map_or(0, |q| q.lost_packets),
-            cwnd: quic.map_or(0, |q| q.cwnd),
         }
     }
 }
@@ -192,15 +205,6 @@ pub struct PeerStatus {
     /// switch happened at `since_unix`.
     #[serde(default)]
     pub switched_from: Option<PathKind>,
-    /// QUIC packets sent on the tunnel, and those QUIC declared lost (datagrams are
-    /// not resent: a lost packet is a lost overlay packet).
-    #[serde(default)]
-    pub quic_sent_packets: u64,
-    #[serde(default)]
-    pub quic_lost_packets: u64,
-    /// The outer congestion window, bytes.
-    #[serde(default)]
-    pub cwnd: u64,
 }
 
 impl<'de> serde::Deserialize<'de> for PathKind {

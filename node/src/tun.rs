@@ -1,5 +1,5 @@
 //! The TUN device: the node's virtual IPv4/IPv6 addresses, the overlay prefixes
-//! routed into it, and how packets are written to it (the engine, engine.rs, reads it).
+//! routed into it, and the loop that carries packets read from it to peers.
 //!
 //! With offload (the default, `tun.offload`), the device speaks the virtio-net header:
 //! the kernel hands the node whole TCP super-packets of up to 64 KiB (TSO), which
@@ -10,12 +10,13 @@
 
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use crate::node::PacketSink;
+use crate::node::{Node, PacketSink};
 
 /// Packets written to the TUN in one batch (and read in one offloaded read).
 pub const BATCH: usize = IDEAL_BATCH_SIZE;
@@ -173,9 +174,50 @@ fn cannot_create(name: &str) -> String {
 
 /// Whether a TUN read error ends the data plane (the device is gone) rather than
 /// spoiling one read (a malformed offload header, a transient condition).
-pub(crate) fn fatal(e: &io::Error) -> bool {
+fn fatal(e: &io::Error) -> bool {
     match e.raw_os_error() {
         Some(code) => !matches!(code, libc::EAGAIN | libc::EINTR | libc::ENOBUFS),
         None => false,
+    }
+}
+
+/// Read packets from the TUN and send each to its peer until the device fails.
+pub async fn pump(tun: Arc<Tun>, node: Arc<Node>) {
+    let seg = usize::from(tun.mtu) + 64;
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65536];
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; seg]).collect();
+    let mut sizes = vec![0usize; BATCH];
+    let mut scratch = BytesMut::with_capacity(256 * 1024);
+    let mut errors = 0u64;
+    loop {
+        let n = if tun.offload {
+            tun.device
+                .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+                .await
+        } else {
+            tun.device.recv(&mut bufs[0]).await.map(|n| {
+                sizes[0] = n;
+                1
+            })
+        };
+        match n {
+            Ok(n) => {
+                for (b, &len) in bufs.iter().zip(&sizes).take(n) {
+                    if len > 0 {
+                        node.send_packet(&b[..len], &mut scratch);
+                    }
+                }
+            }
+            Err(e) if fatal(&e) => {
+                tracing::error!(error = %e, tun = %tun.name, "TUN read failed; data plane stopped");
+                return;
+            }
+            Err(e) => {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::debug!(error = %e, errors, tun = %tun.name, "TUN read dropped");
+                }
+            }
+        }
     }
 }

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cyphonic_node::endpoint::{AcceptPeer, NodeEndpoint, TransportSettings};
-use cyphonic_node::engine::PeerConn;
 use cyphonic_pki::{Ca, Credentials, PeerIdentity, TrustAnchor};
 use cyphonic_proto::{Fqdn, NodeId};
 
@@ -16,7 +15,7 @@ struct Record(Mutex<Vec<String>>);
 struct Tag(&'static str, Arc<Record>);
 
 impl AcceptPeer for Tag {
-    fn accepted(&self, conn: PeerConn) {
+    fn accepted(&self, conn: quinn::Connection) {
         self.1 .0.lock().unwrap().push(self.0.to_owned());
         // Keep the connection open until the dialer is done with it.
         tokio::spawn(async move {
@@ -33,7 +32,7 @@ fn creds(ca: &mut Ca, name: &str) -> (Fqdn, Credentials) {
     (fqdn, c)
 }
 
-fn server_name(conn: &PeerConn) -> Fqdn {
+fn server_name(conn: &quinn::Connection) -> Fqdn {
     let certs = conn
         .peer_identity()
         .unwrap()

@@ -34,19 +34,6 @@ const MAX_V1_CID_LEN: usize = 20;
 pub struct RelayCidGenerator {
     token: RelayToken,
     lifetime: Option<Duration>,
-    /// Force [`PEER_PLANE_BIT`] on or off (None: leave it random).
-    plane: Option<bool>,
-}
-
-/// The bit of a CID's random half (the top bit of byte 8) that a node sets on the
-/// CIDs of its peer connections and clears on those of its cloud connections, so its
-/// one socket can hand each datagram to the right QUIC stack by the DCID alone
-/// (node/src/engine.rs). A TRS routes by the token and never reads it.
-pub const PEER_PLANE_BIT: u8 = 0x80;
-
-/// Whether `cid` (16 bytes, relay token first) has [`PEER_PLANE_BIT`] set.
-pub fn on_peer_plane(cid: &[u8]) -> bool {
-    cid.len() == CID_LEN && cid[RelayToken::LEN] & PEER_PLANE_BIT != 0
 }
 
 impl RelayCidGenerator {
@@ -55,15 +42,7 @@ impl RelayCidGenerator {
         RelayCidGenerator {
             token,
             lifetime: None,
-            plane: None,
         }
-    }
-
-    /// CIDs with [`PEER_PLANE_BIT`] set (`true`: a node's peer connections) or
-    /// cleared (`false`: its cloud connections).
-    pub fn with_plane(mut self, peer: bool) -> Self {
-        self.plane = Some(peer);
-        self
     }
 
     /// Let quinn retire and replace each CID after `lifetime`.
@@ -80,7 +59,7 @@ impl RelayCidGenerator {
 
 impl ConnectionIdGenerator for RelayCidGenerator {
     fn generate_cid(&mut self) -> ConnectionId {
-        cid_with_token(self.token, self.plane)
+        cid_with_token(self.token)
     }
 
     /// Accepts exactly the 16-byte CIDs that start with this endpoint's token.
@@ -100,16 +79,11 @@ impl ConnectionIdGenerator for RelayCidGenerator {
     }
 }
 
-fn cid_with_token(token: RelayToken, plane: Option<bool>) -> ConnectionId {
+fn cid_with_token(token: RelayToken) -> ConnectionId {
     let mut b = [0u8; CID_LEN];
     let (head, tail) = b.split_at_mut(RelayToken::LEN);
     head.copy_from_slice(token.as_bytes());
     tail.copy_from_slice(&rand::random::<[u8; CID_LEN - RelayToken::LEN]>());
-    match plane {
-        Some(true) => tail[0] |= PEER_PLANE_BIT,
-        Some(false) => tail[0] &= !PEER_PLANE_BIT,
-        None => {}
-    }
     ConnectionId::new(&b)
 }
 
@@ -117,9 +91,8 @@ fn cid_with_token(token: RelayToken, plane: Option<bool>) -> ConnectionId {
 /// endpoint holds `responder`: the Responder's relay token ‖ 8 random bytes, so a TRS
 /// can route the Initial before the Responder has issued any CID (SPEC §7). For
 /// `ClientConfig::initial_dst_cid_provider(Arc::new(move || initial_dcid(token)))`.
-/// It carries [`PEER_PLANE_BIT`]: only peers dial a node.
 pub fn initial_dcid(responder: RelayToken) -> ConnectionId {
-    cid_with_token(responder, Some(true))
+    cid_with_token(responder)
 }
 
 /// Why a datagram is not a QUIC packet a CYPHONIC relay can route.
@@ -247,13 +220,6 @@ mod tests {
     #[test]
     fn initial_dcid_carries_the_responder_token() {
         let c = initial_dcid(TOKEN);
-        assert!(on_peer_plane(&c));
-        let mut peer = RelayCidGenerator::new(TOKEN).with_plane(true);
-        let mut cloud = RelayCidGenerator::new(TOKEN).with_plane(false);
-        for _ in 0..64 {
-            assert!(on_peer_plane(&peer.generate_cid()));
-            assert!(!on_peer_plane(&cloud.generate_cid()));
-        }
         assert_eq!(c.len(), CID_LEN);
         assert_eq!(relay_token_of(&c), Some(TOKEN));
         assert_ne!(initial_dcid(TOKEN), c);

@@ -141,11 +141,6 @@ fn print_status(s: &NodeStatus) {
         "listening   UDP {}  relay token {}",
         s.listen, s.relay_token
     );
-    let k = &s.socket;
-    println!(
-        "socket      {} datagrams for tunnels, {} for the cloud; {} sends dropped, {} errors",
-        k.rx_peer, k.rx_cloud, k.tx_dropped, k.rx_errors
-    );
     if let Some(d) = s.dns {
         println!("dns         {d}");
     }
@@ -201,8 +196,8 @@ fn print_peers(peers: &[PeerStatus]) {
         return;
     }
     println!(
-        "{:<32} {:<15} {:<21} {:<10} {:<40} {:>8} {:>10} {:>10} {:>6}",
-        "PEER", "VIRTUAL", "PATH", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED", "LOST"
+        "{:<32} {:<15} {:<21} {:<10} {:<40} {:>8} {:>10} {:>10}",
+        "PEER", "VIRTUAL", "PATH", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED"
     );
     for p in peers {
         let path = match p.switched_from {
@@ -210,7 +205,7 @@ fn print_peers(peers: &[PeerStatus]) {
             None => p.path.to_string(),
         };
         println!(
-            "{:<32} {:<15} {:<21} {:<10} {:<40} {:>6.2}ms {:>10} {:>10} {:>5.1}%",
+            "{:<32} {:<15} {:<21} {:<10} {:<40} {:>6.2}ms {:>10} {:>10}",
             p.fqdn,
             p.virtual_ipv4,
             path,
@@ -218,9 +213,7 @@ fn print_peers(peers: &[PeerStatus]) {
             p.remote.to_string(),
             p.rtt_ms,
             human_bytes(p.tx_bytes),
-            human_bytes(p.rx_bytes),
-            // QUIC packets of the tunnel lost on the way (overlay packets lost with them).
-            100.0 * p.quic_lost_packets as f64 / p.quic_sent_packets.max(1) as f64
+            human_bytes(p.rx_bytes)
         );
     }
 }

@@ -91,7 +91,7 @@ impl Node {
                 if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
                     return;
                 }
-                if link.conn.send_on_stream(buf.split().freeze()) {
+                if link.oversize.try_send(buf.split().freeze()).is_ok() {
                     let c = &link.counters;
                     c.on_stream.fetch_add(1, Ordering::Relaxed);
                     c.tx_packets.fetch_add(1, Ordering::Relaxed);

@@ -107,7 +107,7 @@ impl Node {
         if routable && (link.dialed || link.kind == PathKind::Relayed) {
             let ka = Message::request(Body::KeepAlive).with_path_id(link.path_id);
             let wait = (link.conn.rtt() * 4).max(MOVE_PROBE);
-            if link.conn.transact(&ka, wait).await.is_ok() {
+            if rpc::transact(&link.conn, &ka, wait).await.is_ok() {
                 tracing::info!(peer = %link.peer.fqdn, path = %link.kind, "tunnel survived the move");
                 return;
             }

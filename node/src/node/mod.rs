@@ -20,16 +20,16 @@ use bytes::BytesMut;
 use cyphonic_pki::rpc::{self, refusal};
 use cyphonic_pki::{Credentials, PeerIdentity, Role};
 use cyphonic_proto::body::{DirectionRequest, DirectionTarget, ProcessCode, RouteDirection};
-use cyphonic_proto::framing::FrameError;
+use cyphonic_proto::framing::{read_message, write_message};
 use cyphonic_proto::{
     encode_capsule_into, ApplicationId, Body, CapsuleRef, Flag, Fqdn, Message, PathId, RelayToken,
-    CAPSULE_OVERHEAD,
+    CAPSULE_OVERHEAD, MAX_MESSAGE_LEN,
 };
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
 use crate::cloud::{self, LoginInfo, CLOUD_TIMEOUT};
 use crate::endpoint::{AcceptPeer, NodeEndpoint};
-use crate::engine::{ConnHandler, PeerConn, Request};
 use crate::packet::{self, IcmpError};
 use crate::peers::{Expected, PathKind, PeerInfo, PeerLink, PeerTable};
 use crate::tun::TunBatch;
@@ -228,7 +228,7 @@ const OPTIMIZE_EVERY: Duration = Duration::from_secs(60);
 /// How long one direct attempt may take.
 const OPTIMIZE_ATTEMPT: Duration = Duration::from_secs(3);
 
-fn peer_identity(conn: &PeerConn) -> Option<PeerIdentity> {
+fn peer_identity(conn: &quinn::Connection) -> Option<PeerIdentity> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
@@ -302,7 +302,7 @@ impl Node {
 pub struct NodeAcceptor(pub std::sync::Weak<Node>);
 
 impl AcceptPeer for NodeAcceptor {
-    fn accepted(&self, conn: PeerConn) {
+    fn accepted(&self, conn: quinn::Connection) {
         let Some(node) = self.0.upgrade() else {
             conn.close(quinn::VarInt::from_u32(0), b"node stopped");
             return;

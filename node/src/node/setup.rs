@@ -213,8 +213,7 @@ impl Node {
             // An extra connection from hole punching (SPEC §8).
             req = req.with_flag(Flag::Optimization);
         }
-        let resp = conn
-            .transact(&req, CLOUD_TIMEOUT)
+        let resp = rpc::transact(&conn, &req, CLOUD_TIMEOUT)
             .await
             .map_err(|e| anyhow!("Tunnel Request to {} refused: {e}", peer.fqdn))?;
         if resp.flag != Flag::Ok || !matches!(resp.body, Body::TunnelResponse) {
@@ -229,27 +228,23 @@ impl Node {
 
     // ----- accepted peer connections (responder side) ----------------------------
 
-    pub(super) async fn accept(self: Arc<Self>, conn: PeerConn) -> Result<()> {
+    pub(super) async fn accept(self: Arc<Self>, conn: quinn::Connection) -> Result<()> {
         let Some(id) = peer_identity(&conn) else {
             conn.close(quinn::VarInt::from_u32(33), b"no certificate");
             return Err(anyhow!("peer connection without a certificate"));
         };
-        let Request {
-            message,
-            reply: send,
-        } = tokio::time::timeout(Duration::from_secs(5), conn.next_request())
+        let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(5), conn.accept_bi())
             .await
-            .context("no Tunnel Request within 5 s")?
-            .context("connection closed before its Tunnel Request")?;
-        let req = match message {
-            Ok(m) => m,
-            Err(e) => {
-                send.send(e.reply().map(|r| r.with_flag(Flag::Malformed)).as_ref());
-                return Err(e).context("malformed Tunnel Request");
-            }
-        };
+            .context("no Tunnel Request")??;
+        let req = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_message(&mut recv, rpc::MAX_SIGNALING_LEN),
+        )
+        .await
+        .context("Tunnel Request timed out")??;
         if !matches!(req.body, Body::TunnelRequest) {
-            send.send(Some(&refusal(&req, Flag::Malformed)));
+            let _ = write_message(&mut send, &refusal(&req, Flag::Malformed)).await;
+            let _ = send.shutdown().await;
             conn.close(quinn::VarInt::from_u32(36), b"expected a Tunnel Request");
             return Err(anyhow!(
                 "first message from {} was not a Tunnel Request",
@@ -287,11 +282,12 @@ impl Node {
             refuse_tunnel(&conn, send, &req, Flag::PeerUnreachable, b"relay only").await;
             return Ok(());
         }
-        send.send(Some(&Message::response_to(
-            &req,
-            Flag::Ok,
-            Body::TunnelResponse,
-        )));
+        write_message(
+            &mut send,
+            &Message::response_to(&req, Flag::Ok, Body::TunnelResponse),
+        )
+        .await?;
+        let _ = send.shutdown().await;
         let kind = match e.kind {
             _ if via_trs => PathKind::Relayed,
             PathKind::Relayed => PathKind::Direct,
@@ -308,13 +304,14 @@ impl Node {
 /// Answer a Tunnel Request with a refusal carrying `flag`, give it a moment to reach
 /// the peer, and close the connection (the flag's code is the close code).
 async fn refuse_tunnel(
-    conn: &PeerConn,
-    send: crate::engine::Responder,
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
     req: &Message,
     flag: Flag,
     reason: &[u8],
 ) {
-    send.send(Some(&refusal(req, flag)));
+    let _ = write_message(&mut send, &refusal(req, flag)).await;
+    let _ = send.shutdown().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     conn.close(quinn::VarInt::from_u32(flag.code() as u32), reason);
 }

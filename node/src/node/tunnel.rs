@@ -1,6 +1,6 @@
 //! A tunnel's life once it is up: installing it (one per pair), route optimization
 //! while it is relayed (SPEC §8), and its receive side (datagrams and the oversize
-//! stream, as the engine hands them over).
+//! stream).
 
 use super::*;
 
@@ -34,11 +34,18 @@ impl Node {
         }
         tracing::info!(peer = %link.peer.fqdn, path = %link.kind, remote = %link.conn.remote_address(),
             dialed = link.dialed, max_datagram = ?link.conn.max_datagram_size(), "tunnel up");
-        link.conn.set_handler(Arc::new(LinkHandler {
-            node: Arc::downgrade(&self),
-            link: link.clone(),
+        tokio::spawn(self.clone().receive_loop(link.clone()));
+        tokio::spawn(self.clone().oversize_reader(link.clone()));
+        if let Some(rx) = link.take_oversize_rx() {
+            tokio::spawn(Self::oversize_writer(link.clone(), rx));
+        }
+        tokio::spawn(rpc::serve(link.conn.clone(), |m: Message| async move {
+            Some(match m.body {
+                Body::KeepAlive => Message::response_to(&m, Flag::Ok, Body::KeepAliveAck),
+                Body::HolePunching => Message::response_to(&m, Flag::Optimization, Body::Ack),
+                _ => refusal(&m, Flag::Malformed),
+            })
         }));
-        tokio::spawn(serve_peer(link.conn.clone()));
         self.flush_pending(&link);
         if link.kind == PathKind::Relayed {
             let candidates = self
@@ -106,7 +113,7 @@ impl Node {
                 match r {
                     Ok(Ok(link)) if link.kind != PathKind::Relayed => {
                         let hp = Message::request(Body::HolePunching).with_path_id(link.path_id);
-                        match link.conn.transact(&hp, CLOUD_TIMEOUT).await {
+                        match rpc::transact(&link.conn, &hp, CLOUD_TIMEOUT).await {
                             Ok(m) if m.flag == Flag::Optimization => {}
                             other => tracing::debug!(?other, "Hole Punching not acknowledged"),
                         }
@@ -139,6 +146,34 @@ impl Node {
         let mut buf = BytesMut::new();
         for pkt in waiting {
             self.send_on(link, &pkt, &mut buf);
+        }
+    }
+
+    /// Datagrams from the peer to the TUN. Whatever has arrived by the time one is
+    /// read is taken too (up to a batch) and written in one go, so runs of one TCP
+    /// flow reach the kernel coalesced (see tun.rs).
+    pub(super) async fn receive_loop(self: Arc<Self>, link: Arc<PeerLink>) {
+        let mut batch = TunBatch::default();
+        let reason = 'run: loop {
+            let d = match link.conn.read_datagram().await {
+                Ok(d) => d,
+                Err(e) => break e,
+            };
+            self.receive_datagram(&link, &d, &mut batch);
+            while !batch.is_full() {
+                match ready_now(link.conn.read_datagram()) {
+                    Some(Ok(d)) => self.receive_datagram(&link, &d, &mut batch),
+                    Some(Err(e)) => {
+                        self.sink.deliver_batch(&mut batch);
+                        break 'run e;
+                    }
+                    None => break,
+                }
+            }
+            self.sink.deliver_batch(&mut batch);
+        };
+        if self.peers.remove(&link) {
+            tracing::info!(peer = %link.peer.fqdn, reason = %reason, "tunnel closed");
         }
     }
 
@@ -178,78 +213,57 @@ impl Node {
         link.touch();
         true
     }
-}
 
-/// Where the engine hands a tunnel's traffic: datagrams and oversize Capsules to the
-/// TUN (after the SPEC §6 Data checks), and its end to the peer table.
-struct LinkHandler {
-    node: std::sync::Weak<Node>,
-    link: Arc<PeerLink>,
-}
-
-impl ConnHandler for LinkHandler {
-    /// Everything that arrived in one wake is written in one go, so runs of one TCP
-    /// flow reach the kernel coalesced (see tun.rs).
-    fn datagrams(&self, datagrams: &mut Vec<bytes::Bytes>) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
-        let mut batch = TunBatch::default();
-        for d in datagrams.drain(..) {
-            node.receive_datagram(&self.link, &d, &mut batch);
-            if batch.is_full() {
-                node.sink.deliver_batch(&mut batch);
-            }
-        }
-        node.sink.deliver_batch(&mut batch);
-    }
-
-    fn stream_message(&self, message: Result<Message, FrameError>) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
-        match message {
-            Ok(m) => match &m.body {
-                Body::Capsule(c) => {
-                    if node.receive(&self.link, m.path_id(), &c.payload) {
-                        node.sink.deliver(&c.payload);
+    /// Capsules the peer sent on streams (packets too large for its datagrams).
+    pub(super) async fn oversize_reader(self: Arc<Self>, link: Arc<PeerLink>) {
+        while let Ok(mut recv) = link.conn.accept_uni().await {
+            let me = self.clone();
+            let link = link.clone();
+            tokio::spawn(async move {
+                while let Ok(m) = read_message(&mut recv, MAX_MESSAGE_LEN).await {
+                    match &m.body {
+                        Body::Capsule(c) => {
+                            if me.receive(&link, m.path_id(), &c.payload) {
+                                me.sink.deliver(&c.payload);
+                            }
+                        }
+                        _ => {
+                            link.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
-                _ => {
-                    self.link.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            Err(_) => {
-                self.link.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            }
+            });
         }
     }
 
-    fn closed(&self, reason: &quinn::ConnectionError) {
-        let Some(node) = self.node.upgrade() else {
-            return;
-        };
-        if node.peers.remove(&self.link) {
-            tracing::info!(peer = %self.link.peer.fqdn, reason = %reason, "tunnel closed");
+    /// Writes the link's oversize Capsules, in order, on one unidirectional stream.
+    pub(super) async fn oversize_writer(
+        link: Arc<PeerLink>,
+        mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) {
+        let mut stream: Option<quinn::SendStream> = None;
+        while let Some(cap) = rx.recv().await {
+            if stream.is_none() {
+                match link.conn.open_uni().await {
+                    Ok(s) => stream = Some(s),
+                    Err(_) => return,
+                }
+            }
+            if let Some(s) = stream.as_mut() {
+                if s.write_all(&cap).await.is_err() {
+                    stream = None;
+                }
+            }
         }
     }
 }
 
-/// Answer what the peer asks on a live tunnel (SPEC §6, §8): Keep Alive and Hole
-/// Punching; anything else is refused as malformed.
-async fn serve_peer(conn: PeerConn) {
-    while let Some(Request { message, reply }) = conn.next_request().await {
-        let answer = match message {
-            Ok(m) => Some(match m.body {
-                Body::KeepAlive => Message::response_to(&m, Flag::Ok, Body::KeepAliveAck),
-                Body::HolePunching => Message::response_to(&m, Flag::Optimization, Body::Ack),
-                _ => refusal(&m, Flag::Malformed),
-            }),
-            Err(e) => {
-                tracing::debug!(error = %e, "malformed message on a tunnel");
-                e.reply().map(|r| r.with_flag(Flag::Malformed))
-            }
-        };
-        reply.send(answer.as_ref());
+/// The output of `fut` if it is ready without waiting (it is dropped otherwise).
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }

@@ -18,7 +18,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cyphonic_node::cloud;
 use cyphonic_node::endpoint::{NodeEndpoint, TransportSettings};
-use cyphonic_node::engine::{ConnHandler, PeerConn};
 use cyphonic_pki::rpc;
 use cyphonic_pki::{Credentials, Role, TrustAnchor};
 use cyphonic_proto::body::{DirectionRequest, DirectionTarget, ProcessCode};
@@ -145,20 +144,7 @@ fn checksum(d: &[u8]) -> u16 {
     !(s as u16)
 }
 
-/// Hands the datagrams a connection receives to a channel.
-struct Datagrams(tokio::sync::mpsc::UnboundedSender<bytes::Bytes>);
-
-impl ConnHandler for Datagrams {
-    fn datagrams(&self, datagrams: &mut Vec<bytes::Bytes>) {
-        for d in datagrams.drain(..) {
-            let _ = self.0.send(d);
-        }
-    }
-    fn stream_message(&self, _: Result<Message, cyphonic_proto::FrameError>) {}
-    fn closed(&self, _: &quinn::ConnectionError) {}
-}
-
-async fn send_capsule(conn: &PeerConn, path: PathId, pkt: &[u8]) -> Result<()> {
+async fn send_capsule(conn: &quinn::Connection, path: PathId, pkt: &[u8]) -> Result<()> {
     let mut b = bytes::BytesMut::new();
     encode_capsule_into(&mut b, &path, 0, pkt)?;
     conn.send_datagram(b.freeze())?;
@@ -166,13 +152,9 @@ async fn send_capsule(conn: &PeerConn, path: PathId, pkt: &[u8]) -> Result<()> {
 }
 
 /// Wait for an echo reply with `seq` on `conn`.
-async fn echo_reply(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
-    seq: u16,
-    wait: Duration,
-) -> bool {
+async fn echo_reply(conn: &quinn::Connection, seq: u16, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(d)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+    while let Ok(Ok(d)) = tokio::time::timeout_at(deadline, conn.read_datagram()).await {
         if let Ok(c) = CapsuleRef::decode(&d) {
             let p = c.payload;
             if p.len() >= 28 && p[9] == 1 && p[20] == 0 && p[26..28] == seq.to_be_bytes() {
@@ -211,22 +193,20 @@ async fn spoof(common: Common, peer: Fqdn, spoof_src: Ipv4Addr) -> Result<serde_
     }
     let dial = *resp.candidates().first().context("no address to dial")?;
     let conn = r.ep.dial_peer(&r.creds, dial, &peer, None).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    conn.set_handler(std::sync::Arc::new(Datagrams(tx)));
-    let t = conn
-        .transact(
-            &Message::request(Body::TunnelRequest).with_path_id(rd.path_id),
-            Duration::from_secs(5),
-        )
-        .await?;
+    let t = rpc::transact(
+        &conn,
+        &Message::request(Body::TunnelRequest).with_path_id(rd.path_id),
+        Duration::from_secs(5),
+    )
+    .await?;
     if t.flag != Flag::Ok {
         bail!("tunnel refused: {:?}", t.flag);
     }
     let dst = rd.responder.virtual_ipv4;
     send_capsule(&conn, rd.path_id, &echo_request(r.me.virtual_ipv4, dst, 1)).await?;
-    let legit = echo_reply(&mut rx, 1, Duration::from_secs(5)).await;
+    let legit = echo_reply(&conn, 1, Duration::from_secs(5)).await;
     send_capsule(&conn, rd.path_id, &echo_request(spoof_src, dst, 2)).await?;
-    let spoofed = echo_reply(&mut rx, 2, Duration::from_secs(2)).await;
+    let spoofed = echo_reply(&conn, 2, Duration::from_secs(2)).await;
     Ok(json!({"legit_reply": legit, "spoofed_reply": spoofed}))
 }
 
@@ -239,12 +219,12 @@ async fn impersonate(
     let r = start(common).await?;
     let path = PathId::derive(&path_initiator, &peer);
     let conn = r.ep.dial_peer(&r.creds, addr, &peer, None).await?;
-    let resp = conn
-        .transact(
-            &Message::request(Body::TunnelRequest).with_path_id(path),
-            Duration::from_secs(8),
-        )
-        .await;
+    let resp = rpc::transact(
+        &conn,
+        &Message::request(Body::TunnelRequest).with_path_id(path),
+        Duration::from_secs(8),
+    )
+    .await;
     let outcome = match resp {
         Ok(m) if m.flag == Flag::Ok => json!({"tunnel": "accepted"}),
         Ok(m) => json!({"tunnel": "refused", "flag": format!("{:?}", m.flag)}),
