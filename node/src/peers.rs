@@ -149,6 +149,7 @@ impl PeerLink {
 
     pub fn status(&self) -> PeerStatus {
         let c = &self.counters;
+        let quic = self.conn.stats().path;
         let since = self
             .started_wall
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -175,6 +176,9 @@ impl PeerLink {
             idle_secs: self.idle_for().as_secs(),
             max_datagram: self.conn.max_datagram_size(),
             switched_from: self.switched_from.get().copied(),
+            quic_sent_packets: quic.sent_packets,
+            quic_lost_packets: quic.lost_packets,
+            cwnd: quic.cwnd,
         }
     }
 }
@@ -205,6 +209,15 @@ pub struct PeerStatus {
     /// switch happened at `since_unix`.
     #[serde(default)]
     pub switched_from: Option<PathKind>,
+    /// QUIC packets sent on the tunnel, and those QUIC declared lost (datagrams are
+    /// not resent: a lost packet is a lost overlay packet).
+    #[serde(default)]
+    pub quic_sent_packets: u64,
+    #[serde(default)]
+    pub quic_lost_packets: u64,
+    /// The outer congestion window, bytes.
+    #[serde(default)]
+    pub cwnd: u64,
 }
 
 impl<'de> serde::Deserialize<'de> for PathKind {

@@ -60,6 +60,19 @@ fn pattern1_ipv6_pair_and_ipv4_pair() -> anyhow::Result<()> {
         "the tunnel runs over b6's IPv6 address, not {remote}"
     );
     assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 8 * MIB);
+    // The tunnel's QUIC figures: every overlay packet rode a QUIC packet, and on a
+    // quiet veth almost none is lost.
+    let sent = row["quic_sent_packets"].as_u64().unwrap_or(0);
+    let lost = row["quic_lost_packets"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        sent >= row["tx_packets"].as_u64().unwrap_or(u64::MAX),
+        "{row}"
+    );
+    assert!(
+        lost * 20 < sent,
+        "more than 5 % of QUIC packets lost: {row}"
+    );
+    assert!(row["cwnd"].as_u64().unwrap_or(0) > 0, "{row}");
 
     // IPv4 underlay.
     assert!(na4.ping(&fqdn("b4"), 3, &[])?, "a4 pings b4 by name");

@@ -190,14 +190,20 @@ fn utc_time(unix: u64) -> String {
     format!("{:02}:{:02}:{:02}Z", s / 3600, (s / 60) % 60, s % 60)
 }
 
+/// Share of the tunnel's QUIC packets lost on the way (overlay packets were lost with
+/// them: datagrams are not resent).
+fn lost_percent(p: &PeerStatus) -> f64 {
+    100.0 * p.quic_lost_packets as f64 / p.quic_sent_packets.max(1) as f64
+}
+
 fn print_peers(peers: &[PeerStatus]) {
     if peers.is_empty() {
         println!("no tunnels (a DNS query for a peer's name or a packet to its address opens one)");
         return;
     }
     println!(
-        "{:<32} {:<15} {:<21} {:<10} {:<40} {:>8} {:>10} {:>10}",
-        "PEER", "VIRTUAL", "PATH", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED"
+        "{:<32} {:<15} {:<21} {:<10} {:<40} {:>8} {:>10} {:>10} {:>6}",
+        "PEER", "VIRTUAL", "PATH", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED", "LOST"
     );
     for p in peers {
         let path = match p.switched_from {
@@ -205,7 +211,7 @@ fn print_peers(peers: &[PeerStatus]) {
             None => p.path.to_string(),
         };
         println!(
-            "{:<32} {:<15} {:<21} {:<10} {:<40} {:>6.2}ms {:>10} {:>10}",
+            "{:<32} {:<15} {:<21} {:<10} {:<40} {:>6.2}ms {:>10} {:>10} {:>5.1}%",
             p.fqdn,
             p.virtual_ipv4,
             path,
@@ -213,7 +219,8 @@ fn print_peers(peers: &[PeerStatus]) {
             p.remote.to_string(),
             p.rtt_ms,
             human_bytes(p.tx_bytes),
-            human_bytes(p.rx_bytes)
+            human_bytes(p.rx_bytes),
+            lost_percent(p)
         );
     }
 }
