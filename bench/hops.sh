@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Where a ping's round trip goes, hop by hop (issue 7): tcpdump on both tunnel
+# interfaces and both ends of the veth while COUNT pings (0.2 s apart) cross a tunnel
+# that `bench/dataplane.sh --hold` set up; prints the median of each hop in µs.
+# All four captures share one clock, so each hop is a difference of kernel timestamps:
+#   A tun->sock   request handed to A's TUN  -> its datagram leaves A  (A's daemon, cold)
+#   B sock->tun   datagram reaches B         -> request written to B's TUN (B's daemon, cold)
+#   B tun->sock   reply handed to B's TUN    -> its datagram leaves B  (B's daemon, warm)
+#   A sock->tun   datagram reaches A         -> reply written to A's TUN (A's daemon)
+#
+#   bash bench/hops.sh NS_A NS_B TUN_A TUN_B TARGET COUNT SRC_A   (COUNT: 1..1000)
+#   e.g. bash bench/hops.sh cyb-dp-123-a cyb-dp-123-b cyphonic0 cyphonic0 100.64.1.2 40 198.51.100.1
+#
+# EA/EB name the veth ends (default ab and ba, as bench/dataplane.sh makes them).
+# Needs tcpdump. Only the given namespaces are touched; the captures stop by themselves.
+set -u
+if [ $# -ne 7 ] || ! [[ $6 =~ ^[0-9]+$ ]] || [ "$6" -lt 1 ] || [ "$6" -gt 1000 ]; then
+  sed -n '2,16p' "$0" >&2
+  exit 2
+fi
+EA=${EA:-ab} EB=${EB:-ba}; A=$1 B=$2 TA=$3 TB=$4 T=$5 N=${6:-20} SRC_A=$7
+D=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$D"' EXIT
+ip netns exec $A tcpdump -ni $TA -tt -l icmp > $D/ta 2>/dev/null & p1=$!
+ip netns exec $A tcpdump -ni $EA -tt -l udp > $D/ea 2>/dev/null & p2=$!
+ip netns exec $B tcpdump -ni $EB -tt -l udp > $D/eb 2>/dev/null & p3=$!
+ip netns exec $B tcpdump -ni $TB -tt -l icmp > $D/tb 2>/dev/null & p4=$!
+sleep 1.5
+ip netns exec $A ping -q -c $N -i 0.2 $T | tail -1
+sleep 1
+kill $p1 $p2 $p3 $p4 2>/dev/null; wait 2>/dev/null
+trap - EXIT
+python3 - $D $SRC_A <<'PY'
+import sys,statistics
+d=sys.argv[1]
+def lines(f): return [l.split() for l in open(f"{d}/{f}") if l.strip()]
+ta=lines("ta"); tb=lines("tb"); ea=lines("ea"); eb=lines("eb")
+def ts(l): return float(l[0])
+req_a=[ts(l) for l in ta if "request" in " ".join(l)]
+rep_a=[ts(l) for l in ta if "reply" in " ".join(l)]
+req_b=[ts(l) for l in tb if "request" in " ".join(l)]
+rep_b=[ts(l) for l in tb if "reply" in " ".join(l)]
+out_a=[ts(l) for l in ea if l[2].startswith(tuple("0123456789")) and ">" in l]  # all udp
+# classify eth0 packets by direction using src address of A's eth0 as first seen source
+def first_after(xs,t,limit=0.05):
+    for x in xs:
+        if x>=t and x-t<limit: return x
+    return None
+ea_all=[(ts(l), l[2]) for l in ea]; eb_all=[(ts(l), l[2]) for l in eb]
+src_a=sys.argv[2]+"."
+hops={k:[] for k in ["A tun->sock","wire a->b","B sock->tun","B kernel echo","B tun->sock","wire b->a","A sock->tun","total"]}
+for t1 in req_a:
+    t2=first_after([t for t,s in ea_all if s.startswith(src_a)],t1)
+    if t2 is None: continue
+    t3=first_after([t for t,s in eb_all if s.startswith(src_a)],t2)
+    t4=first_after(req_b,t2)
+    t5=first_after(rep_b,t4) if t4 else None
+    if None in (t3,t4,t5): continue
+    t6=first_after([t for t,s in eb_all if not s.startswith(src_a)],t5)
+    t7=first_after([t for t,s in ea_all if not s.startswith(src_a)],t6) if t6 else None
+    t8=first_after(rep_a,t7) if t7 else None
+    if None in (t6,t7,t8): continue
+    for k,v in zip(hops,[t2-t1,t3-t2,t4-t3,t5-t4,t6-t5,t7-t6,t8-t7,t8-t1]):
+        hops[k].append(v*1e6)
+for k,v in hops.items():
+    if v: print(f"{k:14} median {statistics.median(v):7.1f} us  (n={len(v)})")
+PY
+rm -rf $D
