@@ -223,6 +223,52 @@ impl Side {
             }
         }
     }
+    /// A server side with a fresh self-signed certificate: it, its address, and the
+    /// certificate for the client to trust.
+    fn server() -> (Side, SocketAddr, rustls::pki_types::CertificateDer<'static>) {
+        let (chain, key) = certs();
+        let cert = chain[0].clone();
+        let cfg = quinn_proto::ServerConfig::with_single_cert(chain, key).unwrap();
+        let server = Side::new(Some(Arc::new(cfg)));
+        let saddr = server.sock.local_addr().unwrap();
+        (server, saddr, cert)
+    }
+
+    /// A client side that has sent its first flight to `saddr`.
+    fn dial(saddr: SocketAddr, cert: &rustls::pki_types::CertificateDer<'static>) -> Side {
+        let mut client = Side::new(None);
+        let (h, c) = client
+            .ep
+            .connect(Instant::now(), client_cfg(cert), saddr, "localhost")
+            .unwrap();
+        client.conn = Some((h, c));
+        client.flush();
+        client
+    }
+
+    /// The socket registered with tokio's reactor (a duplicate descriptor).
+    fn async_fd(&self) -> tokio::io::unix::AsyncFd<UdpSocket> {
+        let dup = self.sock.try_clone().unwrap();
+        // SAFETY: `dup` is a descriptor of our own, moved into the AsyncFd, which
+        // keeps it open for as long as it is registered.
+        unsafe { tokio::io::unix::AsyncFd::register(dup) }.unwrap()
+    }
+
+    /// The echo server's part after each turn: send back what arrived (the CPU
+    /// count starts after the warm-up pings).
+    fn echo(&mut self, got: &mut Vec<Bytes>, count: &mut usize, c0: &mut Option<(f64, f64)>) {
+        for d in got.drain(..) {
+            *count += 1;
+            if *count == N_WARM + 1 {
+                *c0 = Some(thread_cpu());
+            }
+            if let Some((_, c)) = self.conn.as_mut() {
+                c.datagrams().send(d, true).unwrap();
+            }
+        }
+        self.flush();
+    }
+
     /// Wait up to `limit` for a datagram (or the connection's timer), process it.
     /// Returns received application datagrams.
     fn turn(&mut self, limit: Option<Instant>, out: &mut Vec<Bytes>) {
@@ -315,27 +361,14 @@ impl Side {
 }
 
 fn proto_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
-    let (chain, key) = certs();
-    let cert = chain[0].clone();
-    let server_cfg = Arc::new(quinn_proto::ServerConfig::with_single_cert(chain, key).unwrap());
-    let mut server = Side::new(Some(server_cfg));
-    let saddr = server.sock.local_addr().unwrap();
+    let (mut server, saddr, cert) = Side::server();
     let srv = std::thread::spawn(move || {
         let mut got = Vec::new();
         let mut count = 0;
         let mut c0 = None;
         while count < n + N_WARM {
             server.turn(None, &mut got);
-            for d in got.drain(..) {
-                count += 1;
-                if count == N_WARM + 1 {
-                    c0 = Some(thread_cpu());
-                }
-                if let Some((_, c)) = server.conn.as_mut() {
-                    c.datagrams().send(d, true).unwrap();
-                }
-            }
-            server.flush();
+            server.echo(&mut got, &mut count, &mut c0);
         }
         let c1 = thread_cpu();
         let c0 = c0.unwrap();
@@ -345,13 +378,7 @@ fn proto_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
         }
         (c1.0 - c0.0, c1.1 - c0.1)
     });
-    let mut client = Side::new(None);
-    let (h, c) = client
-        .ep
-        .connect(Instant::now(), client_cfg(&cert), saddr, "localhost")
-        .unwrap();
-    client.conn = Some((h, c));
-    client.flush();
+    let mut client = Side::dial(saddr, &cert);
     let mut got = Vec::new();
     // handshake
     loop {
@@ -399,29 +426,16 @@ fn current_thread() -> tokio::runtime::Runtime {
 }
 
 fn tokio_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
-    let (chain, key) = certs();
-    let cert = chain[0].clone();
-    let server_cfg = Arc::new(quinn_proto::ServerConfig::with_single_cert(chain, key).unwrap());
-    let mut server = Side::new(Some(server_cfg));
-    let saddr = server.sock.local_addr().unwrap();
+    let (mut server, saddr, cert) = Side::server();
     let srv = std::thread::spawn(move || {
         current_thread().block_on(async move {
-            let afd = tokio::io::unix::AsyncFd::new(server.sock.try_clone().unwrap()).unwrap();
+            let afd = server.async_fd();
             let mut got = Vec::new();
             let mut count = 0;
             let mut c0 = None;
             while count < n + N_WARM {
                 server.turn_async(&afd, None, &mut got).await;
-                for d in got.drain(..) {
-                    count += 1;
-                    if count == N_WARM + 1 {
-                        c0 = Some(thread_cpu());
-                    }
-                    if let Some((_, c)) = server.conn.as_mut() {
-                        c.datagrams().send(d, true).unwrap();
-                    }
-                }
-                server.flush();
+                server.echo(&mut got, &mut count, &mut c0);
             }
             let c1 = thread_cpu();
             let c0 = c0.unwrap();
@@ -433,14 +447,8 @@ fn tokio_mode(n: usize, gap: Duration) -> (Report, (f64, f64)) {
         })
     });
     let rep = current_thread().block_on(async move {
-        let mut client = Side::new(None);
-        let afd = tokio::io::unix::AsyncFd::new(client.sock.try_clone().unwrap()).unwrap();
-        let (h, c) = client
-            .ep
-            .connect(Instant::now(), client_cfg(&cert), saddr, "localhost")
-            .unwrap();
-        client.conn = Some((h, c));
-        client.flush();
+        let mut client = Side::dial(saddr, &cert);
+        let afd = client.async_fd();
         let mut got = Vec::new();
         loop {
             let limit = Some(Instant::now() + Duration::from_millis(10));
