@@ -31,38 +31,56 @@ sleep 1
 kill $p1 $p2 $p3 $p4 2>/dev/null; wait 2>/dev/null
 trap - EXIT
 python3 - $D $SRC_A <<'PY'
-import sys,statistics
-d=sys.argv[1]
-def lines(f): return [l.split() for l in open(f"{d}/{f}") if l.strip()]
-ta=lines("ta"); tb=lines("tb"); ea=lines("ea"); eb=lines("eb")
-def ts(l): return float(l[0])
-req_a=[ts(l) for l in ta if "request" in " ".join(l)]
-rep_a=[ts(l) for l in ta if "reply" in " ".join(l)]
-req_b=[ts(l) for l in tb if "request" in " ".join(l)]
-rep_b=[ts(l) for l in tb if "reply" in " ".join(l)]
-out_a=[ts(l) for l in ea if l[2].startswith(tuple("0123456789")) and ">" in l]  # all udp
-# classify eth0 packets by direction using src address of A's eth0 as first seen source
-def first_after(xs,t,limit=0.05):
-    for x in xs:
-        if x>=t and x-t<limit: return x
-    return None
-ea_all=[(ts(l), l[2]) for l in ea]; eb_all=[(ts(l), l[2]) for l in eb]
-src_a=sys.argv[2]+"."
-hops={k:[] for k in ["A tun->sock","wire a->b","B sock->tun","B kernel echo","B tun->sock","wire b->a","A sock->tun","total"]}
+import sys, statistics
+d, src_a = sys.argv[1], sys.argv[2] + "."
+
+def packets(name):
+    """(timestamp, source, line) of each captured packet; other lines are skipped."""
+    out = []
+    for line in open(f"{d}/{name}"):
+        f = line.split()
+        try:
+            out.append((float(f[0]), f[2], line))
+        except (IndexError, ValueError):
+            pass
+    return out
+
+ta, tb, ea, eb = (packets(n) for n in ("ta", "tb", "ea", "eb"))
+req_a = [t for t, _, l in ta if "request" in l]
+rep_a = [t for t, _, l in ta if "reply" in l]
+req_b = [t for t, _, l in tb if "request" in l]
+rep_b = [t for t, _, l in tb if "reply" in l]
+a_out = [t for t, s, _ in ea if s.startswith(src_a)]
+a_in = [t for t, s, _ in ea if not s.startswith(src_a)]
+b_in = [t for t, s, _ in eb if s.startswith(src_a)]
+b_out = [t for t, s, _ in eb if not s.startswith(src_a)]
+
+def first_after(xs, t, limit=0.05):
+    """The first timestamp of xs within `limit` seconds after t."""
+    if t is None:
+        return None
+    return next((x for x in xs if t <= x < t + limit), None)
+
+names = ["A tun->sock", "wire a->b", "B sock->tun", "B kernel echo",
+         "B tun->sock", "wire b->a", "A sock->tun", "total"]
+hops = {k: [] for k in names}
 for t1 in req_a:
-    t2=first_after([t for t,s in ea_all if s.startswith(src_a)],t1)
-    if t2 is None: continue
-    t3=first_after([t for t,s in eb_all if s.startswith(src_a)],t2)
-    t4=first_after(req_b,t2)
-    t5=first_after(rep_b,t4) if t4 else None
-    if None in (t3,t4,t5): continue
-    t6=first_after([t for t,s in eb_all if not s.startswith(src_a)],t5)
-    t7=first_after([t for t,s in ea_all if not s.startswith(src_a)],t6) if t6 else None
-    t8=first_after(rep_a,t7) if t7 else None
-    if None in (t6,t7,t8): continue
-    for k,v in zip(hops,[t2-t1,t3-t2,t4-t3,t5-t4,t6-t5,t7-t6,t8-t7,t8-t1]):
-        hops[k].append(v*1e6)
-for k,v in hops.items():
-    if v: print(f"{k:14} median {statistics.median(v):7.1f} us  (n={len(v)})")
+    t2 = first_after(a_out, t1)
+    t3 = first_after(b_in, t2)
+    t4 = first_after(req_b, t2)
+    t5 = first_after(rep_b, t4)
+    t6 = first_after(b_out, t5)
+    t7 = first_after(a_in, t6)
+    t8 = first_after(rep_a, t7)
+    if None in (t2, t3, t4, t5, t6, t7, t8):
+        continue
+    for k, v in zip(names, [t2-t1, t3-t2, t4-t3, t5-t4, t6-t5, t7-t6, t8-t7, t8-t1]):
+        hops[k].append(v * 1e6)
+if not hops["total"]:
+    sys.exit("no complete round trip captured: check the namespaces, interfaces and SRC_A")
+for k, v in hops.items():
+    print(f"{k:14} median {statistics.median(v):7.1f} us  (n={len(v)})")
 PY
-rm -rf $D
+rc=$?
+rm -rf "$D"
+exit $rc

@@ -149,6 +149,7 @@ impl PeerLink {
 
     pub fn status(&self) -> PeerStatus {
         let c = &self.counters;
+        // One look at quinn's connection for every QUIC figure.
         let quic = self.conn.stats().path;
         let since = self
             .started_wall
@@ -161,7 +162,7 @@ impl PeerLink {
             virtual_ipv6: self.peer.virtual_ipv6,
             path: self.kind,
             remote: crate::cloud::unmapped(self.conn.remote_address()),
-            rtt_ms: self.conn.rtt().as_secs_f64() * 1000.0,
+            rtt_ms: quic.rtt.as_secs_f64() * 1000.0,
             since_unix: since,
             dialed: self.dialed,
             path_id: self.path_id.to_string(),
