@@ -11,14 +11,15 @@
 #   bash bench/hops.sh NS_A NS_B TUN_A TUN_B TARGET COUNT SRC_A   (COUNT: 1..1000)
 #   e.g. bash bench/hops.sh cyb-dp-123-a cyb-dp-123-b cyphonic0 cyphonic0 100.64.1.2 40 198.51.100.1
 #
-# EA/EB name the veth ends (default ab and ba, as bench/dataplane.sh makes them).
+# EA/EB name the veth ends (default ab and ba, as bench/dataplane.sh makes them);
+# INTERVAL is the ping interval in seconds (default 0.2: each ping finds the daemons idle).
 # Needs tcpdump. Only the given namespaces are touched; the captures stop by themselves.
 set -u
 if [ $# -ne 7 ] || ! [[ $6 =~ ^[0-9]+$ ]] || [ "$6" -lt 1 ] || [ "$6" -gt 1000 ]; then
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,17p' "$0" >&2
   exit 2
 fi
-EA=${EA:-ab} EB=${EB:-ba}; A=$1 B=$2 TA=$3 TB=$4 T=$5 N=${6:-20} SRC_A=$7
+EA=${EA:-ab} EB=${EB:-ba} INTERVAL=${INTERVAL:-0.2}; A=$1 B=$2 TA=$3 TB=$4 T=$5 N=${6:-20} SRC_A=$7
 D=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$D"' EXIT
 ip netns exec $A tcpdump -ni $TA -tt -l icmp > $D/ta 2>/dev/null & p1=$!
@@ -26,7 +27,7 @@ ip netns exec $A tcpdump -ni $EA -tt -l udp > $D/ea 2>/dev/null & p2=$!
 ip netns exec $B tcpdump -ni $EB -tt -l udp > $D/eb 2>/dev/null & p3=$!
 ip netns exec $B tcpdump -ni $TB -tt -l icmp > $D/tb 2>/dev/null & p4=$!
 sleep 1.5
-ip netns exec $A ping -q -c $N -i 0.2 $T | tail -1
+ip netns exec $A ping -q -c $N -i $INTERVAL $T | tail -1
 sleep 1
 kill $p1 $p2 $p3 $p4 2>/dev/null; wait 2>/dev/null
 trap - EXIT
