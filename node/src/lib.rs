@@ -16,7 +16,6 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod endpoint;
-pub mod hugetext;
 pub mod netwatch;
 pub mod node;
 pub mod packet;

@@ -88,10 +88,6 @@ fn real_main(cli: Cli) -> Result<()> {
                 )
                 .init();
             let cfg = load_config(&cli)?;
-            if std::env::var_os("CYPHONIC_HUGE_TEXT").is_some() {
-                let out = cyphonic_node::hugetext::remap();
-                tracing::info!(?out, "huge-page text");
-            }
             let mut rt = match cfg.threads {
                 1 => tokio::runtime::Builder::new_current_thread(),
                 _ => tokio::runtime::Builder::new_multi_thread(),
