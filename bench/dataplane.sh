@@ -15,6 +15,8 @@
 #   --out FILE       also write the results as a markdown table (for BENCHMARKS.md)
 #   --no-install     do not apt-get / cargo install missing tools
 #   --no-build       do not build CYPHONIC (use $CYPHONIC_BIN_DIR or target/release)
+#   --pgo            measure the profile-guided build (scripts/build-pgo.sh, run
+#                    first unless --no-build; binaries from target/pgo/release)
 #   --keep           keep the work directory (configs, logs, iperf3 JSON) on success
 #   --hold           after each system is up, print its namespaces and target and
 #                    wait until the file it names is removed (to run ping, perf or
@@ -93,7 +95,7 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 die() { echo "dataplane.sh: error: $*" >&2; exit 1; }
 
 ORIG_ARGS=("$@")
-systems_arg=all runs=3 secs=10 pings=20 out="" install=1 build=1 keep=0 hold=0
+systems_arg=all runs=3 secs=10 pings=20 out="" install=1 build=1 pgo=0 keep=0 hold=0
 while (($#)); do
   case $1 in
     --systems) systems_arg=${2:?--systems needs a value}; shift 2 ;;
@@ -108,6 +110,7 @@ while (($#)); do
     --out=*) out=${1#*=}; shift ;;
     --no-install) install=0; shift ;;
     --no-build) build=0; shift ;;
+    --pgo) pgo=1; shift ;;
     --keep) keep=1; shift ;;
     --hold) hold=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -308,7 +311,13 @@ if want_cyphonic; then
     BIN_DIR=$CYPHONIC_BIN_DIR
   else
     BIN_DIR=$ROOT/target/release
-    if ((build)); then
+    if ((pgo)); then
+      BIN_DIR=$ROOT/target/pgo/release
+      if ((build)); then
+        log "building CYPHONIC with profile-guided optimisation (scripts/build-pgo.sh)"
+        bash "$ROOT/scripts/build-pgo.sh" || die "scripts/build-pgo.sh failed"
+      fi
+    elif ((build)); then
       log "building CYPHONIC (cargo build --release --locked --bins -p cyphonic-node -p cyphonic-services)"
       (cd "$ROOT" && cargo build --release --locked --bins -p cyphonic-node -p cyphonic-services) ||
         die "cargo build failed"
