@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profile-guided release build of cyphonic-node and cyphonic-cloud: the build to ship
 # where latency and throughput matter (BENCHMARKS.md, "Profile-guided build": ~30 %
-# less user-space time per packet; RTT −12–17 %, TCP +13–44 % in interleaved rounds).
+# less user-space time per packet; RTT avg −14–17 %, TCP +13–44 % in interleaved rounds).
 #
 #   sudo bash scripts/build-pgo.sh
 #
