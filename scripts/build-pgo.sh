@@ -35,13 +35,13 @@ esac
 
 # Every llvm-profdata we can find, the most likely to match rustc's LLVM first.
 profdata_candidates() {
-  [ -n "${LLVM_PROFDATA:-}" ] && echo "$LLVM_PROFDATA"
+  # (set -e: every probe may fail without ending the script)
+  if [ -n "${LLVM_PROFDATA:-}" ]; then echo "$LLVM_PROFDATA"; fi
   local sysroot
-  sysroot=$(rustc --print sysroot 2>/dev/null) &&
-    ls "$sysroot"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null
-  ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -t- -k2 -rn
-  command -v llvm-profdata 2>/dev/null
-  true
+  sysroot=$(rustc --print sysroot 2>/dev/null) || sysroot=/nonexistent
+  ls "$sysroot"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null || true
+  ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -t- -k2 -rn || true
+  command -v llvm-profdata 2>/dev/null || true
 }
 [ -n "$(profdata_candidates)" ] ||
   die "no llvm-profdata found: run 'rustup component add llvm-tools' or 'apt-get install --no-install-recommends llvm-19', or set LLVM_PROFDATA"
