@@ -20,6 +20,7 @@ if [ $# -ne 7 ] || ! [[ $6 =~ ^[0-9]+$ ]] || [ "$6" -lt 1 ] || [ "$6" -gt 1000 ]
   exit 2
 fi
 EA=${EA:-ab} EB=${EB:-ba} INTERVAL=${INTERVAL:-0.2}; A=$1 B=$2 TA=$3 TB=$4 T=$5 N=${6:-20} SRC_A=$7
+[[ $INTERVAL =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "hops: INTERVAL must be seconds, e.g. 0.2" >&2; exit 2; }
 D=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$D"' EXIT
 ip netns exec $A tcpdump -ni $TA -tt -l icmp > $D/ta 2>/dev/null & p1=$!

@@ -23,6 +23,7 @@ if [ $# -ne 7 ] || ! [[ $3 =~ ^[0-9]+$ ]] || [ "$3" -lt 1 ] || [ "$3" -gt 200 ];
   exit 2
 fi
 NS=$1 T=$2 N=$3 PA=$4 PB=$5 TA=$6 TB=$7 INTERVAL=${INTERVAL:-0.2}
+[[ $INTERVAL =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "pingtrace: INTERVAL must be seconds, e.g. 0.2" >&2; exit 2; }
 command -v perf >/dev/null || { echo "pingtrace: perf not found (apt-get install linux-perf)" >&2; exit 2; }
 D=$(mktemp -d)
 trap 'rm -rf "$D"' EXIT
@@ -34,7 +35,7 @@ perf script -i "$D/perf.data" -F tid,time,event,trace 2>/dev/null >"$D/events" |
   { echo "pingtrace: perf script failed" >&2; exit 1; }
 tids() { ls "/proc/$1/task" 2>/dev/null | tr '\n' ' '; }
 python3 - "$D/events" "$(tids "$PA")" "$(tids "$PB")" "$TA" "$TB" <<'PY'
-import re, statistics, sys
+import bisect, re, statistics, sys
 
 path, tids_a, tids_b, tun_a, tun_b = sys.argv[1:6]
 A, B = set(map(int, tids_a.split())), set(map(int, tids_b.split()))
@@ -64,40 +65,37 @@ def account(tids, t0, t1):
     """User-space time, system-call time and system-call count of `tids` in [t0, t1]."""
     # State at t0: assume blocked in a system call (epoll) unless events say otherwise.
     on_cpu, in_sys, last = False, True, t0
-    user = sysc = 0.0
+    spent = {True: 0.0, False: 0.0}  # in a system call -> seconds on a CPU
     calls = 0
-    for t, tid, kind, text in ev:
-        if t < t0:
-            continue
+    for t, tid, kind, text in ev[bisect.bisect_left(times, t0):]:
         if t > t1:
             break
         if kind == "sched:sched_switch":
             np_, pp = next_pid(text), prev_pid(text)
             if np_ in tids or pp in tids:
                 if on_cpu:
-                    if in_sys: sysc += t - last
-                    else: user += t - last
+                    spent[in_sys] += t - last
                 on_cpu, last = np_ in tids, t
             continue
         if tid not in tids:
             continue
         if on_cpu:
-            if in_sys: sysc += t - last
-            else: user += t - last
+            spent[in_sys] += t - last
         on_cpu, last = True, t
         if kind == "raw_syscalls:sys_enter":
             in_sys, calls = True, calls + 1
         elif kind == "raw_syscalls:sys_exit":
             in_sys = False
     if on_cpu:
-        if in_sys: sysc += t1 - last
-        else: user += t1 - last
-    return user, sysc, calls
+        spent[in_sys] += t1 - last
+    return spent[False], spent[True], calls
+
+ev.sort(key=lambda e: e[0])  # perf orders them already; the lookups below rely on it
+times = [e[0] for e in ev]
 
 def first(pred, after, limit=0.05):
-    for t, tid, kind, text in ev:
-        if t <= after:
-            continue
+    """The time of the first event after `after` (within `limit` s) that pred accepts."""
+    for t, tid, kind, text in ev[bisect.bisect_right(times, after):]:
         if t > after + limit:
             return None
         if pred(tid, kind, text):
