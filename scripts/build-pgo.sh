@@ -27,7 +27,7 @@ PROF=$GEN/merged.profdata
 log() { printf '%s build-pgo: %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'build-pgo: error: %s\n' "$*" >&2; exit 1; }
 case "${1:-}" in
-  -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
   "") ;;
   *) die "unknown argument $1 (see --help)" ;;
 esac
