@@ -12,6 +12,7 @@
 //! | 1 | Relay | `2: Reserved(48) = 0 · 8: Initiator relay token(64) · 16: Responder relay token(64)`; Length = 2 |
 //! | 2 | Candidates | `2: Entry Count(8) · 3: Reserved(40) = 0 · 8: entries` |
 //! | 3 | Observed Address | `2: Reserved(48) = 0 · 8: one entry` |
+//! | 4 | Fast Data | `2: Version(8) = 1 · 3: Reserved(40) = 0 · 8: Destination CID(128)`; Length = 2 |
 //!
 //! An address entry is `Family(8: 4 or 6) · Reserved(8) = 0 · Port(16) · Address(32 or
 //! 128)`, then zero padding to a multiple of 8 bytes: 8 bytes for IPv4, 24 for IPv6.
@@ -33,6 +34,12 @@ pub const EXT_RELAY: u8 = 1;
 pub const EXT_CANDIDATES: u8 = 2;
 /// Type code of the Observed Address extension header.
 pub const EXT_OBSERVED_ADDRESS: u8 = 3;
+/// Type code of the Fast Data extension header (docs/protocol-decisions.md, "Fast
+/// data channel"): on a Tunnel Request or Response, the sender can receive tunnel
+/// data as fast-data packets addressed to the Destination CID it carries.
+pub const EXT_FAST_DATA: u8 = 4;
+/// The only Fast Data version: ChaCha20-Poly1305 keys from the TLS exporter.
+pub const FAST_DATA_V1: u8 = 1;
 /// Most extension headers one message may carry.
 pub const MAX_EXTENSIONS: usize = 8;
 /// Most entries of a Candidates extension header.
@@ -78,6 +85,10 @@ pub enum Extension {
     /// Type 3: the address:port the receiver saw the sender at (e.g. NMS → node in the
     /// Registration Response).
     ObservedAddress(SocketAddr),
+    /// Type 4: the sender takes fast-data packets (version 1) addressed to this
+    /// 16-byte Destination CID. Another version is kept as [`Extension::Unknown`], so
+    /// a receiver that knows only version 1 ignores it.
+    FastData([u8; 16]),
     /// Any other type, skipped by receivers but kept for lossless re-encoding. `data`
     /// is everything after the Next Opt and Length bytes: `6 + 8 × n` bytes.
     Unknown {
@@ -95,8 +106,15 @@ impl Extension {
             Extension::Relay(_) => EXT_RELAY,
             Extension::Candidates(_) => EXT_CANDIDATES,
             Extension::ObservedAddress(_) => EXT_OBSERVED_ADDRESS,
+            Extension::FastData(_) => EXT_FAST_DATA,
             Extension::Unknown { ty, .. } => *ty,
         }
+    }
+
+    /// A type (and version) this crate defines: such a type may appear once per
+    /// message.
+    pub fn is_defined(&self) -> bool {
+        !matches!(self, Extension::Unknown { .. })
     }
 
     /// Encoded size in bytes (a multiple of 8).
@@ -105,6 +123,7 @@ impl Extension {
             Extension::Relay(_) => 24,
             Extension::Candidates(c) => UNIT + c.iter().map(addr_entry_len).sum::<usize>(),
             Extension::ObservedAddress(a) => UNIT + addr_entry_len(a),
+            Extension::FastData(_) => 24,
             Extension::Unknown { data, .. } => 2 + data.len(),
         }
     }
@@ -123,6 +142,11 @@ impl Extension {
                     Err(EncodeError::BadExtension {
                         ty: *ty,
                         reason: "type code 0-3 cannot be an unknown extension",
+                    })
+                } else if *ty == EXT_FAST_DATA && data.first() == Some(&FAST_DATA_V1) {
+                    Err(EncodeError::BadExtension {
+                        ty: *ty,
+                        reason: "Fast Data version 1 is Extension::FastData",
                     })
                 } else if data.len() % UNIT != 6 || 2 + data.len() > MAX_EXT_LEN {
                     Err(EncodeError::BadExtension {
@@ -158,6 +182,11 @@ impl Extension {
             Extension::ObservedAddress(a) => {
                 w.put_bytes(0, 6);
                 put_addr_entry(w, a);
+            }
+            Extension::FastData(dcid) => {
+                w.put_u8(FAST_DATA_V1);
+                w.put_bytes(0, 5);
+                w.put_slice(dcid);
             }
             Extension::Unknown { data, .. } => w.put_slice(data),
         }
@@ -198,6 +227,17 @@ impl Extension {
             EXT_OBSERVED_ADDRESS => {
                 r.zeros(6, "Observed Address extension Reserved")?;
                 Extension::ObservedAddress(read_addr_entry(&mut r, ty)?)
+            }
+            EXT_FAST_DATA if data.first() == Some(&FAST_DATA_V1) => {
+                if data.len() != 22 {
+                    return Err(DecodeError::BadExtension {
+                        ty,
+                        reason: "Fast Data must be 24 bytes (Length 2)",
+                    });
+                }
+                r.u8()?;
+                r.zeros(5, "Fast Data extension Reserved")?;
+                Extension::FastData(r.array()?)
             }
             _ => {
                 return Ok(Extension::Unknown {
@@ -281,7 +321,7 @@ fn check_chain(exts: &[Extension]) -> Result<(), EncodeError> {
     for (i, e) in exts.iter().enumerate() {
         e.check()?;
         let ty = e.ty();
-        if ty <= EXT_OBSERVED_ADDRESS && exts.iter().take(i).any(|p| p.ty() == ty) {
+        if e.is_defined() && exts.iter().take(i).any(|p| p.ty() == ty && p.is_defined()) {
             return Err(EncodeError::DuplicateExtension { ty });
         }
     }
@@ -302,7 +342,11 @@ pub(crate) fn decode_chain(first: u8, buf: &[u8]) -> Result<(Vec<Extension>, usi
         }
         let (next, len, data) = split_ext(ty, buf, pos)?;
         let ext = Extension::decode(ty, data)?;
-        if ty <= EXT_OBSERVED_ADDRESS && exts.iter().any(|e: &Extension| e.ty() == ty) {
+        if ext.is_defined()
+            && exts
+                .iter()
+                .any(|e: &Extension| e.ty() == ty && e.is_defined())
+        {
             return Err(DecodeError::DuplicateExtension { ty });
         }
         exts.push(ext);
@@ -370,6 +414,49 @@ mod tests {
             },
             Extension::ObservedAddress("198.51.100.7:30000".parse().unwrap()),
         ]);
+    }
+
+    #[test]
+    fn fast_data_layout_and_versions() {
+        let dcid: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+        let mut w = Vec::new();
+        assert_eq!(
+            encode_chain(&[Extension::FastData(dcid)], &mut w).unwrap(),
+            EXT_FAST_DATA
+        );
+        let mut want = vec![0u8, 2, FAST_DATA_V1, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&dcid);
+        assert_eq!(w, want);
+        roundtrip(vec![Extension::FastData(dcid)]);
+        // A later version is carried as unknown, so this version ignores it.
+        let v2 = Extension::Unknown {
+            ty: EXT_FAST_DATA,
+            data: vec![2; 22],
+        };
+        roundtrip(vec![Extension::FastData(dcid), v2.clone()]);
+        assert!(encode_chain(
+            &[Extension::Unknown {
+                ty: EXT_FAST_DATA,
+                data: vec![FAST_DATA_V1; 22]
+            }],
+            &mut Vec::new()
+        )
+        .is_err());
+        assert!(matches!(
+            encode_chain(
+                &[Extension::FastData(dcid), Extension::FastData(dcid)],
+                &mut Vec::new()
+            ),
+            Err(EncodeError::DuplicateExtension { ty: EXT_FAST_DATA })
+        ));
+        // Version 1 with the wrong length or a non-zero reserved byte is refused.
+        let mut bad = want.clone();
+        bad[1] = 3;
+        bad.extend_from_slice(&[0; 8]);
+        assert!(decode_chain(EXT_FAST_DATA, &bad).is_err());
+        let mut bad = want;
+        bad[4] = 1;
+        assert!(decode_chain(EXT_FAST_DATA, &bad).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod body;
 mod codec;
 pub mod error;
 pub mod ext;
+pub mod fastdata;
 pub mod flag;
 pub mod framing;
 pub mod header;

@@ -79,12 +79,24 @@ impl ConnectionIdGenerator for RelayCidGenerator {
     }
 }
 
+/// The bit of a CID's first random byte (byte 8) that marks a fast-data channel's
+/// Destination CID ([`crate::fastdata`]). Every CID quinn issues or dials has it
+/// clear, so an endpoint tells its fast-data packets from its QUIC packets by the
+/// DCID alone; a TRS routes both by the relay token before it.
+pub const FAST_CID_BIT: u8 = 0x80;
+
 fn cid_with_token(token: RelayToken) -> ConnectionId {
     let mut b = [0u8; CID_LEN];
     let (head, tail) = b.split_at_mut(RelayToken::LEN);
     head.copy_from_slice(token.as_bytes());
     tail.copy_from_slice(&rand::random::<[u8; CID_LEN - RelayToken::LEN]>());
+    b[RelayToken::LEN] &= !FAST_CID_BIT;
     ConnectionId::new(&b)
+}
+
+/// Whether `cid` (16 bytes) is a fast-data channel's Destination CID.
+pub fn is_fast_cid(cid: &[u8]) -> bool {
+    cid.len() == CID_LEN && cid[RelayToken::LEN] & FAST_CID_BIT != 0
 }
 
 /// A Destination CID for the Initiator's first Initial packet to a Responder whose
@@ -212,6 +224,13 @@ mod tests {
         assert!(g
             .validate(&ConnectionId::new(&[1, 2, 3, 4, 5, 6, 7, 8]))
             .is_err());
+        for _ in 0..256 {
+            assert!(
+                !is_fast_cid(&g.generate_cid()),
+                "quinn's CIDs never look fast"
+            );
+            assert!(!is_fast_cid(&initial_dcid(TOKEN)));
+        }
         let g = g.with_lifetime(Duration::from_secs(60));
         assert_eq!(g.cid_lifetime(), Some(Duration::from_secs(60)));
         assert_eq!(g.token(), TOKEN);

@@ -78,9 +78,15 @@ pub fn extension() -> impl Strategy<Value = Extension> {
         relay_tokens().prop_map(Extension::Relay),
         vec(socket_addr(), 0..=16).prop_map(Extension::Candidates),
         socket_addr().prop_map(Extension::ObservedAddress),
-        (4u8..=255, 0usize..4, any::<u8>()).prop_map(|(ty, n, fill)| Extension::Unknown {
-            ty,
-            data: (0..6 + 8 * n).map(|i| fill.wrapping_add(i as u8)).collect(),
+        any::<[u8; 16]>().prop_map(Extension::FastData),
+        (4u8..=255, 0usize..4, any::<u8>()).prop_map(|(ty, n, fill)| {
+            let mut data: Vec<u8> = (0..6 + 8 * n).map(|i| fill.wrapping_add(i as u8)).collect();
+            if ty == cyphonic_proto::ext::EXT_FAST_DATA
+                && data[0] == cyphonic_proto::ext::FAST_DATA_V1
+            {
+                data[0] = 2; // version 1 is Extension::FastData
+            }
+            Extension::Unknown { ty, data }
         }),
     ]
 }
@@ -91,7 +97,7 @@ pub fn extensions() -> impl Strategy<Value = Vec<Extension>> {
         let mut out: Vec<Extension> = Vec::new();
         for e in v {
             let ty = e.ty();
-            if ty <= 3 && out.iter().any(|p| p.ty() == ty) {
+            if e.is_defined() && out.iter().any(|p| p.ty() == ty && p.is_defined()) {
                 continue;
             }
             out.push(e);
