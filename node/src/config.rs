@@ -97,6 +97,11 @@ pub struct PeerSettings {
     pub relay_only: bool,
     /// Congestion controller of the tunnels' QUIC connections.
     pub congestion: crate::endpoint::Congestion,
+    /// Offer peers the fast data channel (docs/protocol-decisions.md): tunnel
+    /// packets sealed with keys exported from the tunnel's TLS session, sent without
+    /// QUIC's per-packet work. Used when both ends offer it; `false` keeps every
+    /// packet in QUIC DATAGRAMs.
+    pub fast_data: bool,
 }
 
 impl Default for NodeConfig {
@@ -152,6 +157,7 @@ impl Default for PeerSettings {
             setup_timeout_secs: 10,
             relay_only: false,
             congestion: crate::endpoint::Congestion::default(),
+            fast_data: true,
         }
     }
 }

@@ -120,6 +120,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         ipv4_prefix: (v4_net, v4_len),
         ipv6_prefix: (v6_net, 48),
         relay_only: cfg.peers.relay_only,
+        fast_data: cfg.peers.fast_data,
     };
     let node = Node::new(ep.clone(), creds.clone(), me.clone(), settings, tun.clone());
     ep.add_identity(

@@ -17,6 +17,8 @@ use cyphonic_pki::{ClientAuth, Credentials, Role, SniResolver, TrustAnchor};
 use cyphonic_proto::quic::initial_dcid;
 use cyphonic_proto::{Fqdn, RelayToken};
 
+use crate::fastdata::{FastRegistry, FastSocket};
+
 /// What a peer connection accepted for an identity is handed to.
 pub trait AcceptPeer: Send + Sync + 'static {
     fn accepted(&self, conn: quinn::Connection);
@@ -68,6 +70,10 @@ struct IdentityEntry {
 pub struct NodeEndpoint {
     pub endpoint: quinn::Endpoint,
     pub token: RelayToken,
+    /// The socket under quinn, with the fast data channel's packets taken out.
+    pub fast: Arc<FastSocket>,
+    /// The fast data channels this endpoint receives on.
+    pub fast_channels: Arc<FastRegistry>,
     trust: TrustAnchor,
     transport: TransportSettings,
     identities: RwLock<HashMap<String, IdentityEntry>>,
@@ -92,10 +98,17 @@ impl NodeEndpoint {
             )
         })?;
         let token = RelayToken::random();
-        let endpoint = quic::endpoint(quic::wrap_socket(socket)?, token, None)?;
+        let fast_channels = Arc::new(FastRegistry::default());
+        let fast = Arc::new(FastSocket::new(
+            quic::wrap_socket(socket)?,
+            fast_channels.clone(),
+        ));
+        let endpoint = quic::endpoint(fast.clone(), token, None)?;
         let ep = Arc::new(NodeEndpoint {
             endpoint,
             token,
+            fast,
+            fast_channels,
             trust,
             transport,
             identities: RwLock::new(HashMap::new()),

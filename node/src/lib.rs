@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod endpoint;
+pub mod fastdata;
 pub mod netwatch;
 pub mod node;
 pub mod packet;

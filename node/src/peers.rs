@@ -65,6 +65,11 @@ pub struct Counters {
     pub on_stream: AtomicU64,
     /// Milliseconds since the link's start at the last packet either way.
     pub last_active_ms: AtomicU64,
+    /// Packets sent and received on the fast data channel (included in the totals).
+    pub fast_tx: AtomicU64,
+    pub fast_rx: AtomicU64,
+    /// Fast-data packets refused: forged, replayed, or too old.
+    pub fast_rejected: AtomicU64,
 }
 
 /// A live tunnel to one peer.
@@ -82,7 +87,12 @@ pub struct PeerLink {
     pub peer_node_id: Option<NodeId>,
     pub started: Instant,
     pub started_wall: SystemTime,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
+    /// The fast data channel to the peer, when both ends offered one (Tunnel
+    /// Request/Response with a Fast Data extension).
+    pub fast_tx: std::sync::OnceLock<crate::fastdata::TxChannel>,
+    /// This end's receive channel; dropping the link unregisters it.
+    pub fast_rx: std::sync::OnceLock<crate::fastdata::Registration>,
     /// The path this link replaced (relayed → direct), if any.
     pub switched_from: std::sync::OnceLock<PathKind>,
     /// Encoded Capsules too large for a datagram, for the link's stream writer.
@@ -110,7 +120,9 @@ impl PeerLink {
             peer_node_id,
             started: Instant::now(),
             started_wall: SystemTime::now(),
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
+            fast_tx: std::sync::OnceLock::new(),
+            fast_rx: std::sync::OnceLock::new(),
             switched_from: std::sync::OnceLock::new(),
             oversize,
             oversize_rx: std::sync::Mutex::new(Some(rx)),
@@ -180,6 +192,15 @@ impl PeerLink {
             quic_sent_packets: quic.sent_packets,
             quic_lost_packets: quic.lost_packets,
             cwnd: quic.cwnd,
+            data_channel: if self.fast_tx.get().is_some() {
+                "fast"
+            } else {
+                "quic"
+            }
+            .to_owned(),
+            fast_tx_packets: c.fast_tx.load(Ordering::Relaxed),
+            fast_rx_packets: c.fast_rx.load(Ordering::Relaxed),
+            fast_rejected: c.fast_rejected.load(Ordering::Relaxed),
         }
     }
 }
@@ -219,6 +240,18 @@ pub struct PeerStatus {
     /// The outer congestion window, bytes.
     #[serde(default)]
     pub cwnd: u64,
+    /// How packets travel: "fast" (the fast data channel, both ends offered it) or
+    /// "quic" (QUIC DATAGRAMs).
+    #[serde(default)]
+    pub data_channel: String,
+    /// Packets sent and received on the fast data channel (part of tx/rx_packets),
+    /// and fast-data packets refused (forged, replayed or too old).
+    #[serde(default)]
+    pub fast_tx_packets: u64,
+    #[serde(default)]
+    pub fast_rx_packets: u64,
+    #[serde(default)]
+    pub fast_rejected: u64,
 }
 
 impl<'de> serde::Deserialize<'de> for PathKind {

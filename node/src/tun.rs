@@ -160,8 +160,22 @@ impl TunBatch {
         self.pkts.push(datagram.slice_ref(packet));
     }
 
+    /// Queue a packet that is a whole buffer of its own.
+    pub fn push_bytes(&mut self, packet: Bytes) {
+        self.pkts.push(packet);
+    }
+
     pub fn is_full(&self) -> bool {
         self.pkts.len() >= BATCH
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pkts.is_empty()
+    }
+
+    /// Drop the queued packets unwritten.
+    pub fn clear(&mut self) {
+        self.pkts.clear();
     }
 }
 
@@ -202,11 +216,13 @@ pub async fn pump(tun: Arc<Tun>, node: Arc<Node>) {
         };
         match n {
             Ok(n) => {
+                node.begin_send_batch();
                 for (b, &len) in bufs.iter().zip(&sizes).take(n) {
                     if len > 0 {
                         node.send_packet(&b[..len], &mut scratch);
                     }
                 }
+                node.end_send_batch();
             }
             Err(e) if fatal(&e) => {
                 tracing::error!(error = %e, tun = %tun.name, "TUN read failed; data plane stopped");

@@ -174,6 +174,14 @@ impl Message {
         })
     }
 
+    /// The Fast Data extension's Destination CID (version 1), if attached.
+    pub fn fast_data(&self) -> Option<[u8; 16]> {
+        self.extensions.iter().find_map(|e| match e {
+            Extension::FastData(d) => Some(*d),
+            _ => None,
+        })
+    }
+
     /// The extension header a message of this type and body must carry, if any:
     /// Relay on Registration Request, Relay Request, and Route Direction to Responder /
     /// to Initiator with Process Code 3.

@@ -202,8 +202,8 @@ fn print_peers(peers: &[PeerStatus]) {
         return;
     }
     println!(
-        "{:<32} {:<15} {:<21} {:<10} {:<40} {:>8} {:>10} {:>10} {:>6}",
-        "PEER", "VIRTUAL", "PATH", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED", "LOST"
+        "{:<32} {:<15} {:<21} {:<5} {:<10} {:<40} {:>8} {:>10} {:>10} {:>6}",
+        "PEER", "VIRTUAL", "PATH", "DATA", "SINCE", "REMOTE", "RTT", "SENT", "RECEIVED", "LOST"
     );
     for p in peers {
         let path = match p.switched_from {
@@ -211,10 +211,11 @@ fn print_peers(peers: &[PeerStatus]) {
             None => p.path.to_string(),
         };
         println!(
-            "{:<32} {:<15} {:<21} {:<10} {:<40} {:>6.2}ms {:>10} {:>10} {:>5.1}%",
+            "{:<32} {:<15} {:<21} {:<5} {:<10} {:<40} {:>6.2}ms {:>10} {:>10} {:>5.1}%",
             p.fqdn,
             p.virtual_ipv4,
             path,
+            p.data_channel,
             utc_time(p.since_unix),
             p.remote.to_string(),
             p.rtt_ms,

@@ -35,6 +35,11 @@ impl Node {
     /// connection lock once: the datagram is offered as it is, and only a datagram
     /// quinn refuses as too large takes the oversize path (SPEC §6 Data).
     pub(super) fn send_on(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) -> bool {
+        if let Some(tx) = link.fast_tx.get() {
+            if self.send_fast(link, tx, pkt) {
+                return true;
+            }
+        }
         buf.reserve(CAPSULE_OVERHEAD + pkt.len());
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
@@ -66,6 +71,86 @@ impl Node {
             }
         }
         true
+    }
+
+    /// Send `pkt` on the link's fast data channel: false when it does not fit the
+    /// path (or the key is spent), for the QUIC path to take it.
+    fn send_fast(&self, link: &PeerLink, tx: &fastdata::TxChannel, pkt: &[u8]) -> bool {
+        if !tx.fits(pkt.len()) {
+            // MTU discovery may have grown the path since it was last read.
+            tx.set_room(link.conn.max_datagram_size().unwrap_or(0));
+            if !tx.fits(pkt.len()) {
+                return false;
+            }
+        }
+        let dest = link.conn.remote_address();
+        let sent = FAST_OUT.with(|out| {
+            let mut o = out.borrow_mut();
+            let key = link as *const PeerLink as usize;
+            let len = pkt.len() + cyphonic_proto::fastdata::OVERHEAD;
+            // GSO sends segments of one size, only the last may be shorter.
+            let joins = o.count > 0
+                && o.key == key
+                && o.dest == Some(dest)
+                && len <= o.seg
+                && !o.closed
+                && o.count < MAX_GSO_SEGMENTS;
+            if !joins {
+                self.flush_fast_out(&mut o);
+            }
+            if !tx.seal(pkt, &mut o.buf) {
+                return false;
+            }
+            if o.count == 0 {
+                o.seg = len;
+                o.key = key;
+                o.dest = Some(dest);
+            }
+            o.count += 1;
+            o.closed |= len < o.seg;
+            if !o.batching || o.count >= MAX_GSO_SEGMENTS {
+                self.flush_fast_out(&mut o);
+            }
+            true
+        });
+        if sent {
+            let c = &link.counters;
+            c.tx_packets.fetch_add(1, Ordering::Relaxed);
+            c.tx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+            c.fast_tx.fetch_add(1, Ordering::Relaxed);
+            link.touch();
+        }
+        sent
+    }
+
+    /// Packets sent between this and [`Node::end_send_batch`] (one TUN read's) may go
+    /// out together: fast-data packets to one peer leave in GSO sends.
+    pub fn begin_send_batch(&self) {
+        FAST_OUT.with(|o| o.borrow_mut().batching = true);
+    }
+
+    /// Send what [`Node::begin_send_batch`] held back.
+    pub fn end_send_batch(&self) {
+        FAST_OUT.with(|o| {
+            let mut o = o.borrow_mut();
+            self.flush_fast_out(&mut o);
+            o.batching = false;
+        });
+    }
+
+    fn flush_fast_out(&self, o: &mut FastOut) {
+        if o.count > 0 {
+            if let Some(dest) = o.dest {
+                let seg = (o.count > 1).then_some(o.seg);
+                if let Err(e) = self.ep.fast.send(dest, &o.buf, seg) {
+                    // A full socket buffer drops the packets, as a congested link would.
+                    tracing::trace!(%dest, error = %e, packets = o.count, "fast-data send failed");
+                }
+            }
+        }
+        o.buf.clear();
+        o.count = 0;
+        o.closed = false;
     }
 
     /// SPEC §6 Data: a packet larger than the path's datagram (`room` bytes of
@@ -171,6 +256,29 @@ impl Node {
             .retain(|_, p| now.duration_since(p.started) < self.settings.setup_timeout * 2);
         lock(&self.negative).retain(|_, until| *until > now);
     }
+}
+
+/// Most fast-data packets in one GSO send (quinn's cap too: larger sends lost
+/// segments on veth, docs/design-dataplane-loop.md).
+const MAX_GSO_SEGMENTS: usize = 10;
+
+/// Fast-data packets sealed and not yet sent: a run to one peer, of one size.
+#[derive(Default)]
+struct FastOut {
+    /// Inside a send batch (a TUN read): hold packets back for GSO.
+    batching: bool,
+    buf: Vec<u8>,
+    count: usize,
+    seg: usize,
+    /// A shorter packet was added: the run is complete.
+    closed: bool,
+    key: usize,
+    dest: Option<SocketAddr>,
+}
+
+thread_local! {
+    /// One per runtime thread.
+    static FAST_OUT: std::cell::RefCell<FastOut> = std::cell::RefCell::new(FastOut::default());
 }
 
 /// What to do with a packet that does not fit a datagram.

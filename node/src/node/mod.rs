@@ -22,14 +22,15 @@ use cyphonic_pki::{Credentials, PeerIdentity, Role};
 use cyphonic_proto::body::{DirectionRequest, DirectionTarget, ProcessCode, RouteDirection};
 use cyphonic_proto::framing::{read_message, write_message};
 use cyphonic_proto::{
-    encode_capsule_into, ApplicationId, Body, CapsuleRef, Flag, Fqdn, Message, PathId, RelayToken,
-    CAPSULE_OVERHEAD, MAX_MESSAGE_LEN,
+    encode_capsule_into, ApplicationId, Body, CapsuleRef, Extension, Flag, Fqdn, Message, PathId,
+    RelayToken, CAPSULE_OVERHEAD, MAX_MESSAGE_LEN,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::cloud::{self, LoginInfo, CLOUD_TIMEOUT};
 use crate::endpoint::{AcceptPeer, NodeEndpoint};
+use crate::fastdata;
 use crate::packet::{self, IcmpError};
 use crate::peers::{Expected, PathKind, PeerInfo, PeerLink, PeerTable};
 use crate::tun::TunBatch;
@@ -101,6 +102,8 @@ pub struct NodeSettings {
     /// Every tunnel through the TRS: Direction Requests carry Flag 34, no route
     /// optimization, direct tunnels from peers refused (`peers.relay_only`).
     pub relay_only: bool,
+    /// Offer and use the fast data channel (`peers.fast_data`).
+    pub fast_data: bool,
 }
 
 /// The cloud connection as `status` shows it.

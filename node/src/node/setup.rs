@@ -208,22 +208,67 @@ impl Node {
                 peer.fqdn
             ));
         }
+        let mut link = PeerLink::new(peer, path, kind, conn.clone(), true, id.node_id);
+        link.fresh = fresh;
+        let offer = self.offer_fast(&link);
         let mut req = Message::request(Body::TunnelRequest).with_path_id(path);
         if !fresh {
             // An extra connection from hole punching (SPEC §8).
             req = req.with_flag(Flag::Optimization);
         }
+        if let Some((dcid, _)) = &offer {
+            req = req.with_extension(Extension::FastData(*dcid));
+        }
         let resp = rpc::transact(&conn, &req, CLOUD_TIMEOUT)
             .await
-            .map_err(|e| anyhow!("Tunnel Request to {} refused: {e}", peer.fqdn))?;
+            .map_err(|e| anyhow!("Tunnel Request to {} refused: {e}", link.peer.fqdn))?;
         if resp.flag != Flag::Ok || !matches!(resp.body, Body::TunnelResponse) {
             conn.close(quinn::VarInt::from_u32(0), b"tunnel refused");
-            return Err(anyhow!("{} refused the tunnel: {:?}", peer.fqdn, resp.flag));
+            return Err(anyhow!(
+                "{} refused the tunnel: {:?}",
+                link.peer.fqdn,
+                resp.flag
+            ));
         }
-        let mut link = PeerLink::new(peer, path, kind, conn, true, id.node_id);
-        link.fresh = fresh;
+        if let (Some((_, key)), Some(peer_dcid)) = (offer, resp.fast_data()) {
+            self.start_fast(&link, key, peer_dcid);
+        }
         let link = Arc::new(link);
         Ok(self.clone().activate(link))
+    }
+
+    /// Offer the fast data channel on `link` (`peers.fast_data`): register this
+    /// end's receive channel (on the link, so it goes with it) and return its
+    /// Destination CID with the key this end will send with.
+    fn offer_fast(&self, link: &PeerLink) -> Option<([u8; 16], ring::aead::LessSafeKey)> {
+        if !self.settings.fast_data {
+            return None;
+        }
+        let Some((tx, rx)) = fastdata::derive_keys(&link.conn, &link.path_id, link.dialed) else {
+            tracing::warn!(peer = %link.peer.fqdn, "no keys for the fast data channel; packets go in QUIC datagrams");
+            return None;
+        };
+        let target = fastdata::LinkRx {
+            sink: self.sink.clone(),
+            peer_v4: link.peer.virtual_ipv4,
+            peer_v6: link.peer.virtual_ipv6,
+            counters: link.counters.clone(),
+            started: link.started,
+        };
+        let (reg, dcid) = self
+            .ep
+            .fast_channels
+            .register(self.ep.token, fastdata::RxChannel::new(rx, target));
+        let _ = link.fast_rx.set(reg);
+        Some((dcid, tx))
+    }
+
+    /// Both ends offered the fast data channel: send to the peer's.
+    fn start_fast(&self, link: &PeerLink, key: ring::aead::LessSafeKey, peer_dcid: [u8; 16]) {
+        let room = link.conn.max_datagram_size().unwrap_or(0);
+        let _ = link
+            .fast_tx
+            .set(fastdata::TxChannel::new(key, peer_dcid, room));
     }
 
     // ----- accepted peer connections (responder side) ----------------------------
@@ -282,12 +327,6 @@ impl Node {
             refuse_tunnel(&conn, send, &req, Flag::PeerUnreachable, b"relay only").await;
             return Ok(());
         }
-        write_message(
-            &mut send,
-            &Message::response_to(&req, Flag::Ok, Body::TunnelResponse),
-        )
-        .await?;
-        let _ = send.shutdown().await;
         let kind = match e.kind {
             _ if via_trs => PathKind::Relayed,
             PathKind::Relayed => PathKind::Direct,
@@ -295,6 +334,15 @@ impl Node {
         };
         let mut link = PeerLink::new(e.peer, path, kind, conn, false, id.node_id);
         link.fresh = req.flag != Flag::Optimization;
+        let mut resp = Message::response_to(&req, Flag::Ok, Body::TunnelResponse);
+        if let Some(peer_dcid) = req.fast_data() {
+            if let Some((dcid, key)) = self.offer_fast(&link) {
+                resp = resp.with_extension(Extension::FastData(dcid));
+                self.start_fast(&link, key, peer_dcid);
+            }
+        }
+        write_message(&mut send, &resp).await?;
+        let _ = send.shutdown().await;
         let link = Arc::new(link);
         self.activate(link);
         Ok(())
