@@ -15,7 +15,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -55,7 +55,11 @@ pub fn derive_keys(
     conn.export_keying_material(&mut okm, EXPORTER_LABEL, path.as_bytes())
         .ok()?;
     let (a, b) = okm.split_at(32);
-    let key = |k: &[u8]| UnboundKey::new(&CHACHA20_POLY1305, k).ok().map(LessSafeKey::new);
+    let key = |k: &[u8]| {
+        UnboundKey::new(&CHACHA20_POLY1305, k)
+            .ok()
+            .map(LessSafeKey::new)
+    };
     let (dialer, acceptor) = (key(a)?, key(b)?);
     Some(if dialed {
         (dialer, acceptor)
@@ -64,43 +68,39 @@ pub fn derive_keys(
     })
 }
 
+/// Largest fast-data packet (UDP payload) sent: the 1200 bytes every QUIC path must
+/// carry (RFC 9000 §14), which the tunnel's padded Initial packets proved both ways.
+/// Larger packets stay in QUIC DATAGRAMs, where quinn's path MTU discovery and
+/// black-hole detection keep them honest (docs/protocol-decisions.md).
+pub const MAX_FAST_PACKET: usize = 1200;
+
 /// The sending half: seals packets for the peer's channel.
 pub struct TxChannel {
     key: LessSafeKey,
     dcid: [u8; 16],
     counter: AtomicU64,
-    /// Largest UDP payload the path takes (quinn's datagram size plus the DATAGRAM
-    /// overhead it already subtracted is not known; its `max_datagram_size` is used as
-    /// a conservative bound).
-    room: AtomicUsize,
 }
 
 impl fmt::Debug for TxChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TxChannel")
             .field("counter", &self.counter.load(Ordering::Relaxed))
-            .field("room", &self.room.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl TxChannel {
-    pub fn new(key: LessSafeKey, dcid: [u8; 16], room: usize) -> TxChannel {
+    pub fn new(key: LessSafeKey, dcid: [u8; 16]) -> TxChannel {
         TxChannel {
             key,
             dcid,
             counter: AtomicU64::new(0),
-            room: AtomicUsize::new(room),
         }
     }
 
-    /// Whether a packet of `len` bytes fits the path as a fast-data packet.
-    pub fn fits(&self, len: usize) -> bool {
-        len + fastdata::OVERHEAD <= self.room.load(Ordering::Relaxed)
-    }
-
-    pub fn set_room(&self, room: usize) {
-        self.room.store(room, Ordering::Relaxed);
+    /// Whether an IP packet of `len` bytes may go as a fast-data packet.
+    pub fn fits(len: usize) -> bool {
+        len + fastdata::OVERHEAD <= MAX_FAST_PACKET
     }
 
     /// Packets sealed so far.
@@ -162,7 +162,10 @@ impl LinkRx {
             None => false,
         };
         if !owned {
-            c.spoofed.fetch_add(1, Ordering::Relaxed);
+            if c.spoofed.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(peer_v4 = %self.peer_v4,
+                    "dropped a fast-data packet with a spoofed inner source");
+            }
             return false;
         }
         c.rx_packets.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +265,10 @@ impl FastRegistry {
     }
 
     pub fn len(&self) -> usize {
-        self.channels.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -506,7 +512,7 @@ mod tests {
     fn seal_open_replay_tamper() {
         let (k1, k2) = keypair();
         let dcid = fastdata::fast_dcid(RelayToken::from_u64(1), 5);
-        let tx = TxChannel::new(k1, dcid, 1500);
+        let tx = TxChannel::new(k1, dcid);
         let rx = rx(k2);
         let pkt = v4_packet([100, 64, 0, 1]);
         let mut out = Vec::new();
@@ -533,8 +539,8 @@ mod tests {
         assert!(rx.target.counters.fast_rejected.load(Ordering::Relaxed) >= 4);
         // A spoofed inner source is refused.
         assert!(!rx.target.accept(&v4_packet([100, 64, 0, 9])));
-        assert!(tx.fits(1500 - fastdata::OVERHEAD));
-        assert!(!tx.fits(1500 - fastdata::OVERHEAD + 1));
+        assert!(TxChannel::fits(MAX_FAST_PACKET - fastdata::OVERHEAD));
+        assert!(!TxChannel::fits(MAX_FAST_PACKET - fastdata::OVERHEAD + 1));
     }
 
     #[test]

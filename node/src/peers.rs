@@ -15,6 +15,10 @@ use serde::Serialize;
 /// of two simultaneous setups, settled by the NodeID rule.
 pub const FRESH_AFTER: Duration = Duration::from_secs(2);
 
+/// How long a link's packets stay on QUIC after one too large for the fast data
+/// channel went there.
+pub const QUIC_STICKY: Duration = Duration::from_millis(50);
+
 /// Oversize packets queued per link for its stream; more are dropped.
 const OVERSIZE_QUEUE: usize = 256;
 
@@ -93,6 +97,9 @@ pub struct PeerLink {
     pub fast_tx: std::sync::OnceLock<crate::fastdata::TxChannel>,
     /// This end's receive channel; dropping the link unregisters it.
     pub fast_rx: std::sync::OnceLock<crate::fastdata::Registration>,
+    /// Until when (ms since `started`) packets stay on QUIC after a large one went
+    /// there (see [`PeerLink::on_quic`]).
+    quic_until_ms: AtomicU64,
     /// The path this link replaced (relayed → direct), if any.
     pub switched_from: std::sync::OnceLock<PathKind>,
     /// Encoded Capsules too large for a datagram, for the link's stream writer.
@@ -123,6 +130,7 @@ impl PeerLink {
             counters: Arc::new(Counters::default()),
             fast_tx: std::sync::OnceLock::new(),
             fast_rx: std::sync::OnceLock::new(),
+            quic_until_ms: AtomicU64::new(0),
             switched_from: std::sync::OnceLock::new(),
             oversize,
             oversize_rx: std::sync::Mutex::new(Some(rx)),
@@ -140,6 +148,20 @@ impl PeerLink {
     pub fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.counters.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A packet too large for the fast data channel went on QUIC: keep the link's
+    /// packets there for [`QUIC_STICKY`], so a flow's small packets do not overtake
+    /// its large ones still queued in quinn.
+    pub fn quic_now(&self) {
+        let until = self.started.elapsed().as_millis() as u64 + QUIC_STICKY.as_millis() as u64;
+        self.quic_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether packets are kept on QUIC (see [`PeerLink::quic_now`]).
+    pub fn on_quic(&self) -> bool {
+        let until = self.quic_until_ms.load(Ordering::Relaxed);
+        until != 0 && (self.started.elapsed().as_millis() as u64) < until
     }
 
     pub fn idle_for(&self) -> Duration {

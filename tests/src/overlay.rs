@@ -127,6 +127,8 @@ pub struct NodeOpts {
     pub idle_secs: u64,
     /// `peers.relay_only`: every tunnel through the TRS.
     pub relay_only: bool,
+    /// `peers.fast_data` (the daemon's default, on, when `None`).
+    pub fast_data: Option<bool>,
 }
 
 impl Default for NodeOpts {
@@ -136,6 +138,7 @@ impl Default for NodeOpts {
             resolv_conf: format!("nameserver {}\n", crate::DNS_SERVER_V4),
             idle_secs: 300,
             relay_only: false,
+            fast_data: None,
         }
     }
 }
@@ -172,7 +175,7 @@ impl NodeProc {
              device = \"{name}\"\nenrollment_token = \"{token}\"\n\
              control_socket = \"{sock}\"\nlisten = \"[::]:{port}\"\n\n\
              [dns]\nhost_config = \"resolv-conf\"\n\n[peers]\nidle_secs = {idle}\n\
-             relay_only = {relay_only}\n",
+             relay_only = {relay_only}\n{fast_data}",
             state = dir.join("state").display(),
             cloud_addr = cloud.address_for(host)?,
             ca = cloud.ca_cert().display(),
@@ -180,6 +183,10 @@ impl NodeProc {
             port = opts.port,
             idle = opts.idle_secs,
             relay_only = opts.relay_only,
+            fast_data = opts
+                .fast_data
+                .map(|f| format!("fast_data = {f}\n"))
+                .unwrap_or_default(),
         );
         std::fs::write(&config, toml)?;
         let proc = host.spawn(

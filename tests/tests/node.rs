@@ -60,13 +60,19 @@ fn pattern1_ipv6_pair_and_ipv4_pair() -> anyhow::Result<()> {
         "the tunnel runs over b6's IPv6 address, not {remote}"
     );
     assert!(row["tx_bytes"].as_u64().unwrap_or(0) > 8 * MIB);
-    // The tunnel's QUIC figures: the bytes sent needed at least one QUIC packet per
-    // 1500 bytes (small datagrams may share a packet), and on a quiet veth almost
-    // none is lost.
+    // Both ends offered the fast data channel: the pings (small packets) went on it,
+    // the transfer's full-size packets in QUIC datagrams.
+    assert_eq!(row["data_channel"], "fast", "{row}");
+    assert!(row["fast_tx_packets"].as_u64().unwrap_or(0) >= 5, "{row}");
+    assert!(row["fast_rx_packets"].as_u64().unwrap_or(0) >= 5, "{row}");
+    // The tunnel's packets: the bytes sent needed at least one QUIC or fast-data
+    // packet per 1500 bytes (small datagrams may share a QUIC packet), and on a quiet
+    // veth almost none is lost.
     let sent = row["quic_sent_packets"].as_u64().unwrap_or(0);
+    let fast = row["fast_tx_packets"].as_u64().unwrap_or(0);
     let lost = row["quic_lost_packets"].as_u64().unwrap_or(u64::MAX);
     assert!(
-        sent.saturating_mul(1500) >= row["tx_bytes"].as_u64().unwrap_or(u64::MAX),
+        (sent + fast).saturating_mul(1500) >= row["tx_bytes"].as_u64().unwrap_or(u64::MAX),
         "{row}"
     );
     assert!(
@@ -81,6 +87,7 @@ fn pattern1_ipv6_pair_and_ipv4_pair() -> anyhow::Result<()> {
     assert_eq!(udp_exchange(&a4, &b4, &fqdn("b4"), 5002, 20)?, 20);
     let row = na4.peer(&fqdn("b4"))?.expect("a4 has a tunnel to b4");
     assert_eq!(row["path"], "direct");
+    assert_eq!(row["data_channel"], "fast", "{row}");
     assert!(row["remote"]
         .as_str()
         .unwrap_or_default()
@@ -446,5 +453,145 @@ fn idle_tunnels_close_and_come_back() -> anyhow::Result<()> {
         "the idle tunnel was closed"
     );
     assert!(na.ping(&fqdn("b"), 1, &[])?, "and comes back on demand");
+    Ok(())
+}
+
+/// Captures the UDP payloads sent to port 443 from `src` for `secs` seconds (on every
+/// interface of the host it runs on), one hex line each, then sends each line's
+/// payload again to `dst`:443, and a copy whose counter (bytes 17..25 of a fast-data
+/// packet) is pushed far ahead, so it passes the replay window and must fail the AEAD.
+const CAPTURE_PY: &str = r#"
+import socket, sys, time
+src, secs, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+s.settimeout(0.2)
+end = time.time() + secs
+seen = []
+while time.time() < end:
+    try:
+        pkt = s.recv(65535)
+    except socket.timeout:
+        continue
+    ihl = (pkt[0] & 15) * 4
+    if pkt[9] != 17 or socket.inet_ntoa(pkt[12:16]) != src:
+        continue
+    if int.from_bytes(pkt[ihl + 2:ihl + 4], "big") != 443:
+        continue
+    seen.append(pkt[ihl + 8:].hex())
+open(out, "w").write("\n".join(seen))
+"#;
+
+const REPLAY_PY: &str = r#"
+import socket, sys
+dst, path = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n = 0
+for line in open(path).read().split():
+    p = bytes.fromhex(line)
+    if len(p) < 41 or p[0] & 0xc0 != 0x40 or p[9] & 0x80 == 0:
+        continue  # not a fast-data packet
+    s.sendto(p, (dst, 443))
+    forged = bytearray(p)
+    c = int.from_bytes(p[17:25], "big") + 1000
+    forged[17:25] = c.to_bytes(8, "big")
+    s.sendto(bytes(forged), (dst, 443))
+    n += 1
+print(n)
+"#;
+
+/// The fast data channel (docs/protocol-decisions.md): two nodes that both offer it
+/// carry small packets on it; a node with `peers.fast_data = false` still gets every
+/// packet, in QUIC datagrams; fast-data packets captured on the wire and sent again
+/// are refused (replay window), and so are copies with a forged counter (AEAD), with
+/// nothing delivered twice.
+#[test]
+fn fast_data_channel_negotiated_and_replays_refused() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("fd")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::V4)?;
+    let b = bench.public_host("b", Family::V4)?;
+    let c = bench.public_host("c", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let na = NodeProc::start(&a, &cloud, "fa")?;
+    let nb = NodeProc::start(&b, &cloud, "fb")?;
+    let quic_only = NodeOpts {
+        fast_data: Some(false),
+        ..NodeOpts::default()
+    };
+    let nc = NodeProc::start_with(&c, &cloud, "fc", &quic_only)?;
+
+    // a ↔ b: both offer it. Capture what a sends b while a pings.
+    assert!(na.ping(&fqdn("fb"), 2, &[])?, "a pings b");
+    let dir = b.bench_dir().to_path_buf();
+    let script = dir.join("capture.py");
+    std::fs::write(&script, CAPTURE_PY)?;
+    let captured = dir.join("captured.hex");
+    let a_ip = a.ipv4.expect("a has IPv4").to_string();
+    let cap = b.spawn(
+        "python3",
+        [
+            script.to_string_lossy().as_ref(),
+            &a_ip,
+            "4",
+            captured.to_string_lossy().as_ref(),
+        ],
+        "capture.log",
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(na.ping(&fqdn("fb"), 5, &[])?, "a pings b while b captures");
+    cap.wait(Duration::from_secs(10))?;
+    let row = na.peer(&fqdn("fb"))?.expect("a has a tunnel to b");
+    assert_eq!(row["data_channel"], "fast", "{row}");
+    assert!(row["fast_tx_packets"].as_u64().unwrap_or(0) >= 7, "{row}");
+    let before = nb.peer(&fqdn("fa"))?.expect("b has a tunnel to a");
+    assert_eq!(before["data_channel"], "fast", "{before}");
+    assert!(
+        before["fast_rx_packets"].as_u64().unwrap_or(0) >= 7,
+        "{before}"
+    );
+    assert_eq!(before["fast_rejected"], 0, "{before}");
+
+    // Send every captured fast-data packet again, and a forged copy of each.
+    let replay = dir.join("replay.py");
+    std::fs::write(&replay, REPLAY_PY)?;
+    let out = a.run_ok(
+        "python3",
+        [
+            replay.to_string_lossy().as_ref(),
+            &b.ipv4.expect("b has IPv4").to_string(),
+            captured.to_string_lossy().as_ref(),
+        ],
+    )?;
+    let resent: u64 = out.trim().parse().unwrap_or(0);
+    assert!(
+        resent >= 5,
+        "the capture holds a's fast-data packets: {out}"
+    );
+    let after = eventually(Duration::from_secs(5), || {
+        let r = nb.peer(&fqdn("fa"))?.expect("b still has the tunnel");
+        Ok(r["fast_rejected"].as_u64().unwrap_or(0) >= 2 * resent)
+    })?;
+    let row = nb.peer(&fqdn("fa"))?.expect("b still has the tunnel");
+    assert!(after, "b refused every replayed and forged packet: {row}");
+    assert_eq!(
+        row["rx_packets"], before["rx_packets"],
+        "nothing was delivered twice: {row}"
+    );
+    assert!(na.ping(&fqdn("fb"), 2, &[])?, "the tunnel still works");
+
+    // a ↔ c: c does not offer it, so a sends c QUIC datagrams.
+    assert!(na.ping(&fqdn("fc"), 3, &[])?, "a pings c");
+    tcp_transfer(&a, &c, &fqdn("fc"), 5001, 2 * MIB)?;
+    for (node, peer) in [(&na, "fc"), (&nc, "fa")] {
+        let row = node.peer(&fqdn(peer))?.expect("tunnel a ↔ c");
+        assert_eq!(row["data_channel"], "quic", "{row}");
+        assert_eq!(row["fast_tx_packets"], 0, "{row}");
+        assert_eq!(row["fast_rx_packets"], 0, "{row}");
+        assert!(row["rx_packets"].as_u64().unwrap_or(0) >= 3, "{row}");
+    }
     Ok(())
 }

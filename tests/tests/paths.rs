@@ -288,6 +288,11 @@ fn relay_only_keeps_public_pairs_on_the_trs() -> anyhow::Result<()> {
     tcp_transfer(&a, &b, &fqdn("rb"), 5101, 4 * MIB)?;
     assert_eq!(na.path_to(&fqdn("rb"))?, "relayed");
     assert_eq!(nb.path_to(&fqdn("ra"))?, "relayed");
+    // The TRS forwards fast-data packets by their CID like QUIC packets.
+    let row = nb.peer(&fqdn("ra"))?.expect("rb has a tunnel to ra");
+    assert_eq!(row["data_channel"], "fast", "{row}");
+    assert!(row["fast_rx_packets"].as_u64().unwrap_or(0) >= 3, "{row}");
+    assert!(row["fast_tx_packets"].as_u64().unwrap_or(0) >= 3, "{row}");
 
     // The relay-only node is the responder of a pair NMS would connect directly.
     assert!(

@@ -73,15 +73,18 @@ impl Node {
         true
     }
 
-    /// Send `pkt` on the link's fast data channel: false when it does not fit the
-    /// path (or the key is spent), for the QUIC path to take it.
+    /// Send `pkt` on the link's fast data channel: false when it is larger than
+    /// [`fastdata::MAX_FAST_PACKET`] allows, when larger packets went on QUIC just
+    /// before it, or when the key is spent; the QUIC path takes it then.
     fn send_fast(&self, link: &PeerLink, tx: &fastdata::TxChannel, pkt: &[u8]) -> bool {
-        if !tx.fits(pkt.len()) {
-            // MTU discovery may have grown the path since it was last read.
-            tx.set_room(link.conn.max_datagram_size().unwrap_or(0));
-            if !tx.fits(pkt.len()) {
-                return false;
-            }
+        if !fastdata::TxChannel::fits(pkt.len()) {
+            link.quic_now();
+            return false;
+        }
+        if link.on_quic() {
+            // A run of large packets is on QUIC: the small ones of the same flows
+            // follow it there rather than overtake it.
+            return false;
         }
         let dest = link.conn.remote_address();
         let sent = FAST_OUT.with(|out| {

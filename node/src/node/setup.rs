@@ -265,10 +265,7 @@ impl Node {
 
     /// Both ends offered the fast data channel: send to the peer's.
     fn start_fast(&self, link: &PeerLink, key: ring::aead::LessSafeKey, peer_dcid: [u8; 16]) {
-        let room = link.conn.max_datagram_size().unwrap_or(0);
-        let _ = link
-            .fast_tx
-            .set(fastdata::TxChannel::new(key, peer_dcid, room));
+        let _ = link.fast_tx.set(fastdata::TxChannel::new(key, peer_dcid));
     }
 
     // ----- accepted peer connections (responder side) ----------------------------
