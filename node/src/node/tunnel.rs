@@ -178,6 +178,11 @@ impl Node {
     }
 
     fn receive_datagram(&self, link: &PeerLink, d: &bytes::Bytes, batch: &mut TunBatch) {
+        if link.fast_tx.get().is_some() {
+            // The peer sends on QUIC (a bulk flow's large packets): answer there too,
+            // so its QUIC ACKs ride our packets as they did before the fast channel.
+            link.quic_now();
+        }
         match CapsuleRef::decode(d) {
             Ok(cap) => {
                 if self.receive(link, cap.path_id, cap.payload) {
