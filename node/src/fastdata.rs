@@ -103,11 +103,6 @@ impl TxChannel {
         len + fastdata::OVERHEAD <= MAX_FAST_PACKET
     }
 
-    /// Packets sealed so far.
-    pub fn sent(&self) -> u64 {
-        self.counter.load(Ordering::Relaxed)
-    }
-
     /// Append the fast-data packet carrying `pkt` to `out`; false when the key is
     /// spent (the caller sends on QUIC instead).
     pub fn seal(&self, pkt: &[u8], out: &mut Vec<u8>) -> bool {
@@ -198,8 +193,7 @@ impl RxChannel {
     /// Open the fast-data packet `seg` (header `h`) in place: the IP packet's range
     /// in `seg`, or None (forged, replayed, or too old) and counted.
     fn open(&self, h: &FastHeader, seg: &mut [u8]) -> Option<std::ops::Range<usize>> {
-        let fail = || {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+        let refuse = || {
             self.target
                 .counters
                 .fast_rejected
@@ -209,16 +203,18 @@ impl RxChannel {
         if self.failures.load(Ordering::Relaxed) >= MAX_FAILURES
             || !lock(&self.replay).check(h.counter)
         {
-            return fail();
+            return refuse();
         }
         let (head, body) = seg.split_at_mut(HEADER_LEN);
         let nonce = Nonce::assume_unique_for_key(h.nonce());
         let Ok(plain) = self.key.open_in_place(nonce, Aad::from(&*head), body) else {
-            return fail();
+            // Only forgeries count toward the integrity limit, not replays.
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return refuse();
         };
         let len = plain.len();
         if !lock(&self.replay).accept(h.counter) {
-            return fail();
+            return refuse();
         }
         Some(HEADER_LEN..HEADER_LEN + len)
     }
