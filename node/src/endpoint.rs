@@ -99,10 +99,7 @@ impl NodeEndpoint {
         })?;
         let token = RelayToken::random();
         let fast_channels = Arc::new(FastRegistry::default());
-        let fast = Arc::new(FastSocket::new(
-            quic::wrap_socket(socket)?,
-            fast_channels.clone(),
-        ));
+        let fast = FastSocket::start(socket, fast_channels.clone())?;
         let endpoint = quic::endpoint(fast.clone(), token, None)?;
         let ep = Arc::new(NodeEndpoint {
             endpoint,

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod dns;
 pub mod endpoint;
 pub mod fastdata;
+pub mod fasthash;
 pub mod netwatch;
 pub mod node;
 pub mod packet;

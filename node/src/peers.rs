@@ -9,6 +9,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use cyphonic_proto::{Fqdn, NodeId, PathId};
+
+use crate::fasthash::FastMap;
 use serde::Serialize;
 
 /// A fresh tunnel replaces an existing one older than this; younger ones are a race
@@ -303,8 +305,8 @@ pub struct Expected {
 #[derive(Default)]
 struct Inner {
     by_fqdn: HashMap<Fqdn, Arc<PeerLink>>,
-    by_v4: HashMap<Ipv4Addr, Arc<PeerLink>>,
-    by_v6: HashMap<Ipv6Addr, Arc<PeerLink>>,
+    by_v4: FastMap<Ipv4Addr, Arc<PeerLink>>,
+    by_v6: FastMap<Ipv6Addr, Arc<PeerLink>>,
     expected: HashMap<PathId, Expected>,
 }
 

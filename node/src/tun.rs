@@ -173,6 +173,11 @@ impl TunBatch {
         self.pkts.is_empty()
     }
 
+    /// Take the queued packets out, in order.
+    pub fn drain(&mut self) -> impl Iterator<Item = Bytes> + '_ {
+        self.pkts.drain(..)
+    }
+
     /// Drop the queued packets unwritten.
     pub fn clear(&mut self) {
         self.pkts.clear();
