@@ -16,9 +16,9 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -309,8 +309,8 @@ struct RxScratch {
 /// segments are nearly always one peer's).
 type Current = Option<(u64, Arc<RxChannel>)>;
 
-/// Messages received one system call at a time, at most.
-const RX_BATCH: usize = 16;
+/// Messages received one system call at a time, at most (as quinn does).
+const RX_BATCH: usize = 32;
 
 /// QUIC messages waiting for quinn: beyond this many bytes, further ones are
 /// dropped, as a full socket buffer would.
@@ -335,6 +335,21 @@ struct RxQueue {
     /// The receive loop ended with this error; quinn gets it.
     failed: Option<io::Error>,
     dropped: u64,
+}
+
+/// Who reads the socket. The receive loop does while traffic is fast-data only: a
+/// ping then never wakes quinn's endpoint task. Once QUIC packets come (a bulk
+/// transfer's large packets, a handshake, a keep-alive), the loop hands them over in
+/// a queue, one copy, and quinn reads the socket itself after that, into its own
+/// buffers, with the fast-data packets taken out in place; it hands the socket back
+/// after a batch with only fast-data packets in it. A bulk transfer so costs no copy
+/// and no hand-off between tasks per batch.
+#[derive(Default)]
+struct Turn {
+    /// quinn has the turn.
+    quinn: AtomicBool,
+    /// quinn gave the turn back.
+    back: tokio::sync::Notify,
 }
 
 /// The node's UDP socket (or a second descriptor of it), as registered.
@@ -364,6 +379,10 @@ pub struct FastSocket {
     socket: Arc<std::net::UdpSocket>,
     state: UdpSocketState,
     send_io: AsyncFd<Sock>,
+    recv_io: Arc<AsyncFd<Sock>>,
+    turn: Arc<Turn>,
+    /// Scratch of quinn's own reads (see [`Turn`]).
+    quinn_scratch: Mutex<RxScratch>,
     registry: Arc<FastRegistry>,
     queue: Mutex<RxQueue>,
     buf_len: usize,
@@ -399,7 +418,11 @@ impl FastSocket {
         // The reader has a descriptor of its own (one epoll instance takes a
         // descriptor once), so quinn's wait for writability and the loop's wait for
         // packets are separate registrations, and the loop owns its own.
-        let recv_io = register(&Arc::new(socket.try_clone()?), Interest::READABLE)?;
+        let recv_io = Arc::new(register(
+            &Arc::new(socket.try_clone()?),
+            Interest::READABLE,
+        )?);
+        let turn = Arc::new(Turn::default());
         // One message holds up to the GRO segments the kernel coalesces (64 KiB at
         // most), as quinn sizes its own buffers.
         let buf_len = (state.gro_segments().max(1) * 1472).clamp(1472, 65536);
@@ -407,12 +430,15 @@ impl FastSocket {
             socket,
             state,
             send_io,
+            recv_io: recv_io.clone(),
+            turn: turn.clone(),
+            quinn_scratch: Mutex::new(RxScratch::default()),
             registry,
             queue: Mutex::new(RxQueue::default()),
             buf_len,
             rx_task: Mutex::new(None),
         });
-        let task = tokio::spawn(rx_loop(recv_io, Arc::downgrade(&me)));
+        let task = tokio::spawn(rx_loop(recv_io, turn, Arc::downgrade(&me)));
         *lock(&me.rx_task) = Some(task.abort_handle());
         Ok(me)
     }
@@ -510,8 +536,9 @@ impl FastSocket {
     }
 
     /// Handle the `metas.len()` messages received into `slots`: fast-data packets to
-    /// their sinks, the rest queued for quinn (the slot gets a fresh buffer).
-    fn dispatch(&self, slots: &mut [Vec<u8>], metas: &[RecvMeta], scratch: &mut RxScratch) {
+    /// their sinks, the rest queued for quinn (the slot gets a fresh buffer). Returns
+    /// whether any QUIC packets came.
+    fn dispatch(&self, slots: &mut [Vec<u8>], metas: &[RecvMeta], scratch: &mut RxScratch) -> bool {
         let mut kept = [0usize; RX_BATCH];
         let filter = !self.registry.is_empty();
         let mut current: Current = None;
@@ -531,7 +558,7 @@ impl FastSocket {
             scratch.buf = BytesMut::new();
         }
         if kept.iter().all(|&k| k == 0) {
-            return;
+            return false;
         }
         let waker = {
             let mut q = lock(&self.queue);
@@ -555,6 +582,47 @@ impl FastSocket {
         if let Some(w) = waker {
             w.wake();
         }
+        true
+    }
+
+    /// quinn's own read of the socket, while it has the turn: fast-data packets are
+    /// taken out in place (their messages shortened, to 0 when nothing else is
+    /// left), the rest left for quinn. The turn goes back to the receive loop after
+    /// a batch with no QUIC packet in it.
+    fn poll_recv_direct(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.recv_io.poll_read_ready(cx))?;
+            let n = match guard.try_io(|s| self.state.recv((&*s.get_ref().0).into(), bufs, meta)) {
+                Ok(r) => r?,
+                // Would block: readiness cleared, and the next poll waits for it.
+                Err(_would_block) => continue,
+            };
+            let mut any_quic = false;
+            if self.registry.is_empty() {
+                any_quic = n > 0;
+            } else {
+                let mut scratch = lock(&self.quinn_scratch);
+                let mut current: Current = None;
+                for (m, b) in meta.iter_mut().zip(bufs.iter_mut()).take(n) {
+                    let len = m.len.min(b.len());
+                    m.len = self.take_fast(&mut b[..len], m.stride, &mut current, &mut scratch);
+                    any_quic |= m.len > 0;
+                }
+                if let Some((_, ch)) = current {
+                    ch.target.sink.deliver_batch(&mut scratch.batch);
+                }
+            }
+            if !any_quic {
+                self.turn.quinn.store(false, Ordering::Release);
+                self.turn.back.notify_one();
+            }
+            return Poll::Ready(Ok(n));
+        }
     }
 
     fn fail(&self, e: io::Error) {
@@ -570,15 +638,24 @@ impl FastSocket {
 }
 
 /// Read the socket until the [`FastSocket`] is dropped (its drop aborts the task).
-async fn rx_loop(io: AsyncFd<Sock>, me: Weak<FastSocket>) {
+async fn rx_loop(io: Arc<AsyncFd<Sock>>, turn: Arc<Turn>, me: Weak<FastSocket>) {
     let mut slots: Vec<Vec<u8>> = Vec::new();
     let mut metas = [RecvMeta::default(); RX_BATCH];
     let mut scratch = RxScratch::default();
-    // Messages asked for per system call: one while traffic is sparse (setting up
+    // Messages asked for per system call: two while traffic is sparse (setting up
     // the kernel's headers costs per message asked for), more while calls fill up.
-    let mut want = 1usize;
+    // Asking for at least two lets a lone packet's call show that the socket is
+    // empty, which saves the call that would only say so.
+    let mut want = 2usize;
     let mut errors = 0u64;
     loop {
+        if turn.quinn.load(Ordering::Acquire) {
+            let back = turn.back.notified();
+            if turn.quinn.load(Ordering::Acquire) {
+                back.await;
+            }
+            continue;
+        }
         let mut guard = match io.readable().await {
             Ok(g) => g,
             Err(e) => {
@@ -613,12 +690,24 @@ async fn rx_loop(io: AsyncFd<Sock>, me: Weak<FastSocket>) {
                     break;
                 }
                 Ok(Ok(n)) => {
-                    me.dispatch(&mut slots[..n], &metas[..n], &mut scratch);
-                    want = if n == want {
-                        (want * 2).min(RX_BATCH)
-                    } else {
-                        n.max(1)
-                    };
+                    let queued = me.dispatch(&mut slots[..n], &metas[..n], &mut scratch);
+                    if queued {
+                        // QUIC packets: quinn reads the socket itself from now on,
+                        // into its own buffers, while they keep coming (see `Turn`).
+                        turn.quinn.store(true, Ordering::Release);
+                        drained = true;
+                        break;
+                    }
+                    if n < want {
+                        // Fewer than asked for: the queue was empty (the call does
+                        // not block). A packet that came since is still reported by
+                        // the next epoll wait, so nothing is missed.
+                        guard.clear_ready();
+                        drained = true;
+                        want = n.max(2);
+                        break;
+                    }
+                    want = (want * 2).min(RX_BATCH);
                 }
                 // ICMP errors reported on the socket are not QUIC's concern.
                 Ok(Err(e))
@@ -640,7 +729,7 @@ async fn rx_loop(io: AsyncFd<Sock>, me: Weak<FastSocket>) {
         }
         drop(me);
         if !drained {
-            // A long burst: let the TUN reader run before the next one.
+            // A long burst, or quinn behind: let the TUN reader and quinn run first.
             tokio::task::yield_now().await;
         }
     }
@@ -702,6 +791,10 @@ impl AsyncUdpSocket for FastSocket {
                         }
                         if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                             q.waker = Some(cx.waker().clone());
+                        }
+                        drop(q);
+                        if self.turn.quinn.load(Ordering::Acquire) {
+                            return self.poll_recv_direct(cx, bufs, meta);
                         }
                         return Poll::Pending;
                     }
@@ -945,15 +1038,48 @@ mod tests {
             .await
             .expect("QUIC packets reach quinn")
             .unwrap();
+            // A message left empty (it held only fast-data packets) is skipped by
+            // quinn.
             for (m, b) in meta.iter().zip(iovs.iter()).take(n) {
-                got.push(b[..m.len].to_vec());
+                if m.len > 0 {
+                    got.push(b[..m.len].to_vec());
+                }
             }
         }
         let want: Vec<Vec<u8>> = (0..50u8)
             .map(|i| quic_packet(i, 100 + usize::from(i)))
             .collect();
-        assert_eq!(got, want);
-        assert_eq!(*lock(&sink.0), vec![pkt]);
+        assert!(got == want, "QUIC packets lost, reordered or altered");
+        assert_eq!(*lock(&sink.0), vec![pkt.clone()]);
+        // While QUIC packets flowed, quinn read the socket itself.
+        assert!(sock.turn.quinn.load(Ordering::Acquire));
+        // A batch of only fast-data packets gives the socket back to the loop...
+        let mut second = Vec::new();
+        assert!(tx.seal(&pkt, &mut second));
+        peer.send_to(&second, to).unwrap();
+        let mut iovs: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut meta = [RecvMeta::default(); 8];
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| sock.poll_recv(cx, &mut iovs, &mut meta)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(meta[..n].iter().all(|m| m.len == 0));
+        assert!(!sock.turn.quinn.load(Ordering::Acquire));
+        // ...which delivers the next one with nobody polling quinn's side.
+        let mut third = Vec::new();
+        assert!(tx.seal(&pkt, &mut third));
+        peer.send_to(&third, to).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while lock(&sink.0).len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "loop did not take the socket back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let ch = reg.get(tx_channel_id(&sealed)).unwrap();
         assert_eq!(ch.target.counters.fast_rejected.load(Ordering::Relaxed), 4);
         // Sends go out on the same socket.
