@@ -316,8 +316,9 @@ const RX_BATCH: usize = 32;
 /// dropped, as a full socket buffer would.
 const MAX_QUEUED_BYTES: usize = 8 << 20;
 
-/// Receive buffers kept for reuse.
-const MAX_FREE_BUFFERS: usize = 64;
+/// Receive buffers kept for reuse: the queue holds one receive batch at most (the
+/// loop hands the socket to quinn as soon as QUIC packets come).
+const MAX_FREE_BUFFERS: usize = RX_BATCH;
 
 /// A received message that holds QUIC packets, on its way to quinn.
 struct Queued {
