@@ -848,10 +848,17 @@ async fn concurrent_add_device_gives_unique_addresses(db: TestDb) {
     for t in tasks {
         results.push(t.await.unwrap());
     }
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
-    assert!(results
+    let errors: Vec<String> = results
         .iter()
-        .any(|r| matches!(r, Err(StoreError::DeviceExists(_)))));
+        .filter_map(|r| r.as_ref().err().map(|e| format!("{e:?}")))
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{errors:?}");
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::DeviceExists(_)))),
+        "{errors:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
