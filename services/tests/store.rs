@@ -852,7 +852,11 @@ async fn concurrent_add_device_gives_unique_addresses(db: TestDb) {
         .iter()
         .filter_map(|r| r.as_ref().err().map(|e| format!("{e:?}")))
         .collect();
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{errors:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{errors:?}"
+    );
     assert!(
         results
             .iter()
