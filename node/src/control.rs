@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::fastdata::FastPathStatus;
 use crate::node::{CloudStatus, Node};
 use crate::peers::PeerStatus;
 
@@ -34,6 +35,9 @@ pub struct NodeStatus {
     pub dns: Option<SocketAddr>,
     pub cloud: CloudStatus,
     pub peers: usize,
+    /// Who reads the socket and the TUN: the fast path's thread or the runtime.
+    #[serde(default)]
+    pub fast_path: FastPathStatus,
 }
 
 /// What the control socket needs from the daemon.
@@ -62,6 +66,7 @@ impl ControlState {
             dns: self.dns,
             cloud: n.cloud_status(),
             peers: n.peers.links().len(),
+            fast_path: n.ep.fast.path_status(),
         }
     }
 

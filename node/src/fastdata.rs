@@ -15,9 +15,10 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Instant;
 
@@ -34,6 +35,7 @@ use crate::fasthash::FastMap;
 use crate::node::PacketSink;
 use crate::packet;
 use crate::peers::Counters;
+use crate::poller::{Poller, STOP};
 use crate::tun::TunBatch;
 
 /// TLS exporter label of the channel's keys (RFC 8446 §7.5); the context is the
@@ -338,19 +340,20 @@ struct RxQueue {
     dropped: u64,
 }
 
-/// Who reads the socket. The receive loop does while traffic is fast-data only: a
-/// ping then never wakes quinn's endpoint task. Once QUIC packets come (a bulk
-/// transfer's large packets, a handshake, a keep-alive), the loop hands them over in
-/// a queue, one copy, and quinn reads the socket itself after that, into its own
-/// buffers, with the fast-data packets taken out in place; it hands the socket back
-/// after a batch with only fast-data packets in it. A bulk transfer so costs no copy
-/// and no hand-off between tasks per batch.
+/// Who reads the socket. The fast path's thread does while traffic is fast-data
+/// only: a ping then never wakes the async runtime at all. Once QUIC packets come (a
+/// bulk transfer's large packets, a handshake, a keep-alive), the thread hands them
+/// over in a queue, one copy, and quinn reads the socket itself after that, into its
+/// own buffers, with the fast-data packets taken out in place; it hands the socket
+/// back after a batch with only fast-data packets in it. A bulk transfer so costs no
+/// copy and no hand-off between threads per batch. The socket is watched by the
+/// thread's poller or by the runtime's reactor, never by both (see `crate::poller`).
 #[derive(Default)]
 struct Turn {
-    /// quinn has the turn.
+    /// quinn has the turn. Changed under the queue's lock, so a `poll_recv` that
+    /// finds the queue empty and the turn not its own has left its waker for the
+    /// hand-over.
     quinn: AtomicBool,
-    /// quinn gave the turn back.
-    back: tokio::sync::Notify,
 }
 
 /// The node's UDP socket (or a second descriptor of it), as registered.
@@ -370,25 +373,71 @@ fn register(socket: &Arc<std::net::UdpSocket>, interest: Interest) -> io::Result
     Ok(unsafe { AsyncFd::register_with_interest(Sock(socket.clone()), interest) }?)
 }
 
-/// The node's socket: quinn sends on it, and a receive loop of ours reads it. The
-/// loop opens the fast-data packets of every receive batch and writes them to the
+/// The node's socket: quinn sends on it, and the fast path's thread reads it. The
+/// thread opens the fast-data packets of every receive batch and writes them to the
 /// TUN itself; the messages with QUIC packets in them are queued for quinn, which
-/// reads them through [`AsyncUdpSocket::poll_recv`]. A fast-data packet so never
-/// wakes quinn's endpoint task, whose every wake-up sets up a 32-message receive
-/// (measured: a fifth of the instructions per ping, BENCHMARKS.md).
+/// reads them through [`AsyncUdpSocket::poll_recv`] (and then the socket itself,
+/// see [`Turn`]). A fast-data packet so never wakes the async runtime.
+///
+/// The same thread reads the TUN once one is attached ([`FastSocket::attach_tun`]),
+/// while what it reads goes on fast data channels: a ping's round trip then crosses
+/// each node on this one thread, woken straight from `epoll_wait` into our code.
 pub struct FastSocket {
     socket: Arc<std::net::UdpSocket>,
     state: UdpSocketState,
-    send_io: AsyncFd<Sock>,
-    recv_io: Arc<AsyncFd<Sock>>,
-    turn: Arc<Turn>,
+    /// A send would have blocked: quinn waits for room before its next one.
+    blocked: AtomicBool,
+    /// The registration quinn waits for room on, made only while the socket is
+    /// full (see [`Writable`]).
+    send_io: Mutex<Option<Arc<AsyncFd<Sock>>>>,
+    /// A second descriptor of the socket, registered with the runtime while quinn
+    /// has the turn.
+    recv_sock: Arc<std::net::UdpSocket>,
+    recv_io: Mutex<Option<AsyncFd<Sock>>>,
+    turn: Turn,
     /// Scratch of quinn's own reads (see [`Turn`]).
     quinn_scratch: Mutex<RxScratch>,
     registry: Arc<FastRegistry>,
     queue: Mutex<RxQueue>,
     buf_len: usize,
-    rx_task: Mutex<Option<tokio::task::AbortHandle>>,
+    poller: Arc<Poller>,
+    tun: OnceLock<Arc<dyn TunSource>>,
+    socket_handovers: AtomicU64,
+    tun_handovers: AtomicU64,
 }
+
+/// A TUN device read by the fast path's thread while its packets go on fast data
+/// channels (the node's `tun::TunSide`).
+pub trait TunSource: Send + Sync {
+    /// The device's descriptor (non-blocking).
+    fn fd(&self) -> RawFd;
+    /// Read once and send what was read. False when a packet needed the runtime
+    /// (QUIC, a route to set up) or the device failed: the thread then stops
+    /// watching the TUN and calls [`TunSource::to_runtime`].
+    fn read(&self) -> bool;
+    /// The runtime's TUN reader takes over; it gives the device back with
+    /// [`FastSocket::give_tun`].
+    fn to_runtime(&self);
+    /// The runtime's TUN reader has the turn.
+    fn on_runtime(&self) -> bool;
+}
+
+/// Who reads the socket and the TUN, and how often they changed hands (`status`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct FastPathStatus {
+    /// "fast-thread" or "quinn".
+    pub socket: String,
+    /// "fast-thread", "runtime", or "none" (no TUN attached).
+    pub tun: String,
+    /// Times the fast path's thread handed the socket to quinn.
+    pub socket_handovers: u64,
+    /// Times it handed the TUN to the runtime.
+    pub tun_handovers: u64,
+}
+
+/// Poller tokens of the fast path's thread.
+const SOCKET: u64 = 1;
+const TUN: u64 = 2;
 
 impl fmt::Debug for FastSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -400,48 +449,82 @@ impl fmt::Debug for FastSocket {
 
 impl Drop for FastSocket {
     fn drop(&mut self) {
-        if let Some(t) = lock(&self.rx_task).take() {
-            t.abort();
-        }
+        self.poller.stop();
     }
 }
 
 impl FastSocket {
-    /// Take `socket` (bound, non-blocking) and start its receive loop on the
-    /// current runtime.
+    /// Take `socket` (bound, non-blocking) and start the fast path's thread on it.
+    /// Must be called within the runtime quinn runs on.
     pub fn start(
         socket: std::net::UdpSocket,
         registry: Arc<FastRegistry>,
     ) -> io::Result<Arc<FastSocket>> {
         let socket = Arc::new(socket);
         let state = UdpSocketState::new((&*socket).into())?;
-        let send_io = register(&socket, Interest::WRITABLE)?;
-        // The reader has a descriptor of its own (one epoll instance takes a
-        // descriptor once), so quinn's wait for writability and the loop's wait for
-        // packets are separate registrations, and the loop owns its own.
-        let recv_io = Arc::new(register(
-            &Arc::new(socket.try_clone()?),
-            Interest::READABLE,
-        )?);
-        let turn = Arc::new(Turn::default());
+        let recv_sock = Arc::new(socket.try_clone()?);
         // One message holds up to the GRO segments the kernel coalesces (64 KiB at
         // most), as quinn sizes its own buffers.
         let buf_len = (state.gro_segments().max(1) * 1472).clamp(1472, 65536);
+        let poller = Arc::new(Poller::new()?);
+        poller.add(socket.as_raw_fd(), SOCKET)?;
         let me = Arc::new(FastSocket {
             socket,
             state,
-            send_io,
-            recv_io: recv_io.clone(),
-            turn: turn.clone(),
+            blocked: AtomicBool::new(false),
+            send_io: Mutex::new(None),
+            recv_sock,
+            recv_io: Mutex::new(None),
+            turn: Turn::default(),
             quinn_scratch: Mutex::new(RxScratch::default()),
             registry,
             queue: Mutex::new(RxQueue::default()),
             buf_len,
-            rx_task: Mutex::new(None),
+            poller: poller.clone(),
+            tun: OnceLock::new(),
+            socket_handovers: AtomicU64::new(0),
+            tun_handovers: AtomicU64::new(0),
         });
-        let task = tokio::spawn(rx_loop(recv_io, turn, Arc::downgrade(&me)));
-        *lock(&me.rx_task) = Some(task.abort_handle());
+        let weak = Arc::downgrade(&me);
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("cyphonic-fast".into())
+            .spawn(move || fast_thread(poller, weak, rt))?;
         Ok(me)
+    }
+
+    /// Let the fast path's thread read `tun` from now on (see [`TunSource`]).
+    pub fn attach_tun(&self, tun: Arc<dyn TunSource>) -> io::Result<()> {
+        let fd = tun.fd();
+        if self.tun.set(tun).is_err() {
+            return Err(io::Error::other("a TUN is attached already"));
+        }
+        self.poller.add(fd, TUN)
+    }
+
+    /// Who reads what now (`status`).
+    pub fn path_status(&self) -> FastPathStatus {
+        let quinn = self.turn.quinn.load(Ordering::Acquire);
+        FastPathStatus {
+            socket: if quinn { "quinn" } else { "fast-thread" }.into(),
+            tun: match self.tun.get() {
+                None => "none",
+                Some(t) if t.on_runtime() => "runtime",
+                Some(_) => "fast-thread",
+            }
+            .into(),
+            socket_handovers: self.socket_handovers.load(Ordering::Relaxed),
+            tun_handovers: self.tun_handovers.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The runtime's TUN reader gives the device back to the fast path's thread (it
+    /// has deregistered it from the runtime first).
+    pub fn give_tun(&self) -> io::Result<()> {
+        match self.tun.get() {
+            Some(t) => self.poller.add(t.fd(), TUN),
+            None => Err(io::Error::other("no TUN attached")),
+        }
     }
 
     /// Send one fast-data packet (or, with `segment`, several of that size back to
@@ -561,8 +644,24 @@ impl FastSocket {
         if kept.iter().all(|&k| k == 0) {
             return false;
         }
+        // QUIC packets: quinn reads the socket itself from now on, into its own
+        // buffers, while they keep coming (see `Turn`). This thread stops watching
+        // it first, so the two never read it at once.
+        let handed = match self.poller.remove(self.socket.as_raw_fd()) {
+            Ok(()) => {
+                self.socket_handovers.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the socket to quinn; queueing for it");
+                false
+            }
+        };
         let waker = {
             let mut q = lock(&self.queue);
+            if handed {
+                self.turn.quinn.store(true, Ordering::Release);
+            }
             for ((m, slot), &k) in metas.iter().zip(slots.iter_mut()).zip(kept.iter()) {
                 if k == 0 {
                     continue;
@@ -588,16 +687,23 @@ impl FastSocket {
 
     /// quinn's own read of the socket, while it has the turn: fast-data packets are
     /// taken out in place (their messages shortened, to 0 when nothing else is
-    /// left), the rest left for quinn. The turn goes back to the receive loop after
-    /// a batch with no QUIC packet in it.
+    /// left), the rest left for quinn. The turn goes back to the fast path's thread
+    /// after a batch with no QUIC packet in it.
     fn poll_recv_direct(
         &self,
         cx: &mut Context,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.recv_io.poll_read_ready(cx))?;
+        let mut io = lock(&self.recv_io);
+        if io.is_none() {
+            *io = Some(register(&self.recv_sock, Interest::READABLE)?);
+        }
+        let Some(reg) = io.as_ref() else {
+            unreachable!("registered above")
+        };
+        let (n, any_quic) = loop {
+            let mut guard = ready!(reg.poll_read_ready(cx))?;
             let n = match guard.try_io(|s| self.state.recv((&*s.get_ref().0).into(), bufs, meta)) {
                 Ok(r) => r?,
                 // Would block: readiness cleared, and the next poll waits for it.
@@ -618,12 +724,20 @@ impl FastSocket {
                     ch.target.sink.deliver_batch(&mut scratch.batch);
                 }
             }
-            if !any_quic {
-                self.turn.quinn.store(false, Ordering::Release);
-                self.turn.back.notify_one();
+            break (n, any_quic);
+        };
+        if !any_quic {
+            // Off the runtime's reactor first, then onto the thread's poller (which
+            // reports at once what came in between).
+            *io = None;
+            let _q = lock(&self.queue);
+            self.turn.quinn.store(false, Ordering::Release);
+            if let Err(e) = self.poller.add(self.socket.as_raw_fd(), SOCKET) {
+                tracing::warn!(error = %e, "cannot give the socket back to the fast path; quinn keeps it");
+                self.turn.quinn.store(true, Ordering::Release);
             }
-            return Poll::Ready(Ok(n));
         }
+        Poll::Ready(Ok(n))
     }
 
     fn fail(&self, e: io::Error) {
@@ -638,106 +752,129 @@ impl FastSocket {
     }
 }
 
-/// Read the socket until the [`FastSocket`] is dropped (its drop aborts the task).
-async fn rx_loop(io: Arc<AsyncFd<Sock>>, turn: Arc<Turn>, me: Weak<FastSocket>) {
-    let mut slots: Vec<Vec<u8>> = Vec::new();
-    let mut metas = [RecvMeta::default(); RX_BATCH];
-    let mut scratch = RxScratch::default();
-    // Messages asked for per system call: two while traffic is sparse (setting up
-    // the kernel's headers costs per message asked for), more while calls fill up.
-    // Asking for at least two lets a lone packet's call show that the socket is
-    // empty, which saves the call that would only say so.
-    let mut want = 2usize;
-    let mut errors = 0u64;
+/// What the fast path's thread keeps between wake-ups.
+struct RxState {
+    slots: Vec<Vec<u8>>,
+    metas: [RecvMeta; RX_BATCH],
+    scratch: RxScratch,
+    /// Messages asked for per system call: two while traffic is sparse (setting up
+    /// the kernel's headers costs per message asked for), more while calls fill
+    /// up. Asking for at least two lets a lone packet's call show that the socket
+    /// is empty, which saves the call that would only say so.
+    want: usize,
+    errors: u64,
+}
+
+/// The fast path's thread: waits on `poller` for the socket and the TUN, while it
+/// has their turns, until the [`FastSocket`] is dropped. It runs inside the runtime
+/// (`rt`) so that what it calls may spawn tasks (a route to set up).
+fn fast_thread(poller: Arc<Poller>, me: Weak<FastSocket>, rt: tokio::runtime::Handle) {
+    let _rt = rt.enter();
+    let mut st = RxState {
+        slots: Vec::new(),
+        metas: [RecvMeta::default(); RX_BATCH],
+        scratch: RxScratch::default(),
+        want: 2,
+        errors: 0,
+    };
+    let mut tokens = Vec::with_capacity(8);
     loop {
-        if turn.quinn.load(Ordering::Acquire) {
-            let back = turn.back.notified();
-            if turn.quinn.load(Ordering::Acquire) {
-                back.await;
+        if let Err(e) = poller.wait(&mut tokens) {
+            tracing::error!(error = %e, "the fast path cannot wait for packets; quinn takes the socket");
+            if let Some(me) = me.upgrade() {
+                me.fail(e);
             }
-            continue;
+            return;
         }
-        let mut guard = match io.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(error = %e, "UDP socket failed; no packets are received");
-                if let Some(me) = me.upgrade() {
-                    me.fail(e);
-                }
-                return;
-            }
-        };
         let Some(me) = me.upgrade() else { return };
-        let mut drained = false;
-        for _ in 0..64 {
-            while slots.len() < want {
-                slots.push(me.take_buffer());
+        for &t in &tokens {
+            match t {
+                STOP => return,
+                SOCKET => me.socket_ready(&mut st),
+                TUN => {
+                    if let Some(tun) = me.tun.get() {
+                        if !tun.read() {
+                            match me.poller.remove(tun.fd()) {
+                                Ok(()) => {
+                                    me.tun_handovers.fetch_add(1, Ordering::Relaxed);
+                                    tun.to_runtime();
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot hand the TUN to the runtime")
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
-            let mut it = slots.iter_mut();
-            let mut iovs: [IoSliceMut<'_>; RX_BATCH] = std::array::from_fn(|_| {
-                IoSliceMut::new(it.next().map(|v| &mut v[..]).unwrap_or_default())
-            });
-            let r = guard.try_io(|s| {
-                me.state.recv(
-                    (&*s.get_ref().0).into(),
-                    &mut iovs[..want],
-                    &mut metas[..want],
-                )
-            });
-            match r {
-                // Drained: readiness cleared, wait for the next packet.
-                Err(_would_block) => {
-                    drained = true;
-                    break;
-                }
-                Ok(Ok(n)) => {
-                    let queued = me.dispatch(&mut slots[..n], &metas[..n], &mut scratch);
-                    if queued {
-                        // QUIC packets: quinn reads the socket itself from now on,
-                        // into its own buffers, while they keep coming (see `Turn`).
-                        turn.quinn.store(true, Ordering::Release);
-                        drained = true;
-                        break;
-                    }
-                    if n < want {
-                        // Fewer than asked for: the queue was empty (the call does
-                        // not block). A packet that came since is still reported by
-                        // the next epoll wait, so nothing is missed.
-                        guard.clear_ready();
-                        drained = true;
-                        want = n.max(2);
-                        break;
-                    }
-                    want = (want * 2).min(RX_BATCH);
-                }
-                // ICMP errors reported on the socket are not QUIC's concern.
-                Ok(Err(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
-                    ) => {}
-                Ok(Err(e)) => {
-                    errors += 1;
-                    if errors.is_power_of_two() {
-                        tracing::warn!(error = %e, errors, "UDP receive failed");
-                    }
-                    // Wait for the next packet rather than spin on the error.
-                    guard.clear_ready();
-                    drained = true;
-                    break;
-                }
-            }
-        }
-        drop(me);
-        if !drained {
-            // A long burst, or quinn behind: let the TUN reader and quinn run first.
-            tokio::task::yield_now().await;
         }
     }
 }
 
-/// quinn's wait for a writable socket.
-struct Writable(Arc<FastSocket>);
+impl FastSocket {
+    /// The socket is readable and this thread has its turn: read it until it is
+    /// empty (a burst: at most 64 calls, then the poller, level-triggered, reports
+    /// it again), fast-data packets delivered, QUIC ones handed to quinn with the
+    /// turn.
+    fn socket_ready(&self, st: &mut RxState) {
+        for _ in 0..64 {
+            let want = st.want;
+            while st.slots.len() < want {
+                st.slots.push(self.take_buffer());
+            }
+            let mut it = st.slots.iter_mut();
+            let mut iovs: [IoSliceMut<'_>; RX_BATCH] = std::array::from_fn(|_| {
+                IoSliceMut::new(it.next().map(|v| &mut v[..]).unwrap_or_default())
+            });
+            match self.state.recv(
+                (&*self.socket).into(),
+                &mut iovs[..want],
+                &mut st.metas[..want],
+            ) {
+                Ok(n) => {
+                    if self.dispatch(&mut st.slots[..n], &st.metas[..n], &mut st.scratch) {
+                        // quinn has the turn now.
+                        return;
+                    }
+                    if n < want {
+                        // Fewer than asked for: the queue was empty (the call does
+                        // not block).
+                        st.want = n.max(2);
+                        return;
+                    }
+                    st.want = (want * 2).min(RX_BATCH);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ICMP errors reported on the socket are not QUIC's concern.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+                    ) => {}
+                Err(e) => {
+                    st.errors += 1;
+                    if st.errors.is_power_of_two() {
+                        tracing::warn!(error = %e, errors = st.errors, "UDP receive failed");
+                    }
+                    // The poller reports the socket again if it is still readable.
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// quinn's wait for room on the socket. Sends go straight to the socket; only
+/// after one would have blocked is a descriptor of it registered with the runtime,
+/// until there is room again. A registration for writability kept all the time
+/// would wake the runtime every time a sent packet's buffer is freed (the kernel
+/// reports room then): once per packet the fast path's thread sends.
+struct Writable {
+    sock: Arc<FastSocket>,
+    wait: Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>>,
+}
 
 impl fmt::Debug for Writable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -746,22 +883,68 @@ impl fmt::Debug for Writable {
 }
 
 impl UdpPoller for Writable {
-    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        // Readiness is cleared only by a send that would block (`try_send`): quinn
-        // asks before every send.
-        self.0.send_io.poll_write_ready(cx).map_ok(|_guard| ())
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        // quinn asks before every send.
+        if self.wait.is_none() {
+            if !self.sock.blocked.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(()));
+            }
+            let sock = self.sock.clone();
+            self.wait = Some(Box::pin(async move { sock.room().await }));
+        }
+        let r = match self.wait.as_mut() {
+            Some(w) => ready!(w.as_mut().poll(cx)),
+            None => Ok(()),
+        };
+        self.wait = None;
+        Poll::Ready(r)
+    }
+}
+
+impl FastSocket {
+    /// Wait until the socket has room (every quinn connection waiting shares one
+    /// registration, on a descriptor of its own).
+    async fn room(self: Arc<Self>) -> io::Result<()> {
+        let io = {
+            let mut g = lock(&self.send_io);
+            match &*g {
+                Some(io) => io.clone(),
+                None => {
+                    let io = Arc::new(register(
+                        &Arc::new(self.socket.try_clone()?),
+                        Interest::WRITABLE,
+                    )?);
+                    *g = Some(io.clone());
+                    io
+                }
+            }
+        };
+        drop(io.writable().await?);
+        self.blocked.store(false, Ordering::Release);
+        let mut g = lock(&self.send_io);
+        if g.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &io)) {
+            *g = None;
+        }
+        Ok(())
     }
 }
 
 impl AsyncUdpSocket for FastSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(Writable(self))
+        Box::pin(Writable {
+            sock: self,
+            wait: None,
+        })
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.send_io.try_io(Interest::WRITABLE, |s| {
-            self.state.send((&*s.0).into(), transmit)
-        })
+        let r = self.state.send((&*self.socket).into(), transmit);
+        if let Err(e) = &r {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                self.blocked.store(true, Ordering::Release);
+            }
+        }
+        r
     }
 
     fn poll_recv(
@@ -790,12 +973,12 @@ impl AsyncUdpSocket for FastSocket {
                         if let Some(e) = q.failed.take() {
                             return Poll::Ready(Err(e));
                         }
+                        if self.turn.quinn.load(Ordering::Acquire) {
+                            drop(q);
+                            return self.poll_recv_direct(cx, bufs, meta);
+                        }
                         if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                             q.waker = Some(cx.waker().clone());
-                        }
-                        drop(q);
-                        if self.turn.quinn.load(Ordering::Acquire) {
-                            return self.poll_recv_direct(cx, bufs, meta);
                         }
                         return Poll::Pending;
                     }

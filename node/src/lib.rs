@@ -22,4 +22,5 @@ pub mod netwatch;
 pub mod node;
 pub mod packet;
 pub mod peers;
+pub mod poller;
 pub mod tun;

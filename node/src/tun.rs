@@ -10,12 +10,17 @@
 
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use crate::fastdata::TunSource;
 use crate::node::{Node, PacketSink};
 
 /// Packets written to the TUN in one batch (and read in one offloaded read).
@@ -27,7 +32,9 @@ const NO_OFFLOAD_HDR: [u8; VIRTIO_NET_HDR_LEN] = [0; VIRTIO_NET_HDR_LEN];
 /// A TUN device with the node's addresses. Dropping the last handle removes the
 /// interface and, with it, its addresses and routes.
 pub struct Tun {
-    pub device: tun_rs::AsyncDevice,
+    /// Non-blocking; read by the fast path's thread or by [`pump`] on the runtime
+    /// (see [`TunSide`]), written by whoever delivers a packet.
+    pub device: tun_rs::SyncDevice,
     pub name: String,
     pub mtu: u16,
     /// The virtio-net header is on: TSO super-packets in, GRO-coalesced packets out.
@@ -52,7 +59,7 @@ impl Tun {
                 .ipv4(v4.0, v4.1, None)
                 .ipv6(v6.0, v6.1)
                 .offload(offload)
-                .build_async()
+                .build_sync()
         };
         let device = match build(offload) {
             Ok(d) => d,
@@ -64,6 +71,9 @@ impl Tun {
             }
             Err(e) => return Err(e).with_context(|| cannot_create(name)),
         };
+        device
+            .set_nonblocking(true)
+            .with_context(|| format!("cannot make TUN device {name} non-blocking"))?;
         // tun-rs turns the header on only when the kernel takes the TSO flags.
         let offload = device.tcp_gso();
         tracing::info!(tun = name, v4 = %v4.0, v6 = %v6.0, mtu, offload, "TUN device up");
@@ -102,8 +112,7 @@ impl Tun {
                 b.resize(VIRTIO_NET_HDR_LEN, 0);
                 b.extend_from_slice(&p);
             }
-            // The synchronous call of the device under the async wrapper: TUN writes
-            // do not block, and a full queue should drop rather than stall the link.
+            // TUN writes do not block: a full queue drops rather than stall the link.
             let device: &tun_rs::DeviceImpl = &self.device;
             if let Err(e) = device.send_multiple(gro, &mut bufs[..n], VIRTIO_NET_HDR_LEN) {
                 tracing::trace!(error = %e, "TUN batch write incomplete");
@@ -136,9 +145,9 @@ impl PacketSink for Tun {
         // A full TUN queue drops the packet, as a congested NIC would.
         let _ = if self.offload {
             self.device
-                .try_send_vectored(&[IoSlice::new(&NO_OFFLOAD_HDR), IoSlice::new(packet)])
+                .send_vectored(&[IoSlice::new(&NO_OFFLOAD_HDR), IoSlice::new(packet)])
         } else {
-            self.device.try_send(packet)
+            self.device.send(packet)
         };
     }
 
@@ -200,43 +209,185 @@ fn fatal(e: &io::Error) -> bool {
     }
 }
 
-/// Read packets from the TUN and send each to its peer until the device fails.
-pub async fn pump(tun: Arc<Tun>, node: Arc<Node>) {
-    let seg = usize::from(tun.mtu) + 64;
-    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65536];
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; seg]).collect();
-    let mut sizes = vec![0usize; BATCH];
-    let mut scratch = BytesMut::with_capacity(256 * 1024);
-    let mut errors = 0u64;
-    loop {
-        let n = if tun.offload {
+/// Buffers of one TUN reader.
+struct Reader {
+    /// The offloaded read's whole packet (up to 64 KiB), before it is split.
+    original: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    scratch: BytesMut,
+}
+
+impl Reader {
+    fn new(mtu: u16) -> Reader {
+        let seg = usize::from(mtu) + 64;
+        Reader {
+            original: vec![0u8; VIRTIO_NET_HDR_LEN + 65536],
+            bufs: (0..BATCH).map(|_| vec![0u8; seg]).collect(),
+            sizes: vec![0usize; BATCH],
+            scratch: BytesMut::with_capacity(256 * 1024),
+        }
+    }
+
+    /// One read of the device (non-blocking): the number of packets in `bufs`.
+    fn read(&mut self, tun: &Tun) -> io::Result<usize> {
+        if tun.offload {
             tun.device
-                .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
-                .await
+                .recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0)
         } else {
-            tun.device.recv(&mut bufs[0]).await.map(|n| {
-                sizes[0] = n;
+            tun.device.recv(&mut self.bufs[0]).map(|n| {
+                self.sizes[0] = n;
                 1
             })
-        };
-        match n {
-            Ok(n) => {
-                node.begin_send_batch();
-                for (b, &len) in bufs.iter().zip(&sizes).take(n) {
-                    if len > 0 {
-                        node.send_packet(&b[..len], &mut scratch);
-                    }
-                }
-                node.end_send_batch();
+        }
+    }
+
+    /// Send the `n` packets just read; true when one of them needed the runtime
+    /// (see [`Node::send_packet`]).
+    fn send(&mut self, n: usize, node: &Arc<Node>) -> bool {
+        let mut runtime = false;
+        node.begin_send_batch();
+        for (b, &len) in self.bufs.iter().zip(&self.sizes).take(n) {
+            if len > 0 {
+                runtime |= node.send_packet(&b[..len], &mut self.scratch);
             }
-            Err(e) if fatal(&e) => {
-                tracing::error!(error = %e, tun = %tun.name, "TUN read failed; data plane stopped");
+        }
+        node.end_send_batch();
+        runtime
+    }
+}
+
+/// Who reads the TUN. The fast path's thread does (`FastSocket::attach_tun`) while
+/// what it reads goes on fast data channels: a ping's reply then leaves on the same
+/// thread that wrote the request to the TUN, with no wake-up of the runtime. The
+/// first packet that needs the runtime (QUIC: a bulk transfer's large packets, a
+/// peer without a fast channel; a route to set up) hands the device to [`pump`],
+/// which reads it while such packets come, and gives it back after a read with
+/// none. The device is watched by the thread's poller or by the runtime's reactor,
+/// never by both.
+pub struct TunSide {
+    tun: Weak<Tun>,
+    node: Weak<Node>,
+    fd: RawFd,
+    /// The thread's buffers, made on its first read.
+    reader: Mutex<Option<Reader>>,
+    /// The runtime's [`pump`] has the turn.
+    runtime: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl TunSource for TunSide {
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn read(&self) -> bool {
+        let (Some(tun), Some(node)) = (self.tun.upgrade(), self.node.upgrade()) else {
+            return false;
+        };
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let r = r.get_or_insert_with(|| Reader::new(tun.mtu));
+        match r.read(&tun) {
+            Ok(n) => !r.send(n, &node),
+            // The runtime's reader reports it and, if the device is gone, stops.
+            Err(e) if fatal(&e) => false,
+            Err(e) => {
+                tracing::trace!(error = %e, tun = %tun.name, "TUN read dropped");
+                true
+            }
+        }
+    }
+
+    fn to_runtime(&self) {
+        self.runtime.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn on_runtime(&self) -> bool {
+        self.runtime.load(Ordering::Acquire)
+    }
+}
+
+/// The TUN's descriptor, as registered with the runtime while [`pump`] has the turn.
+struct TunFd(RawFd);
+
+impl AsRawFd for TunFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Read packets from the TUN and send each to its peer until the device fails:
+/// the fast path's thread does while they go on fast data channels, this task
+/// while they need the runtime (see [`TunSide`]).
+pub async fn pump(tun: Arc<Tun>, node: Arc<Node>) {
+    let side = Arc::new(TunSide {
+        tun: Arc::downgrade(&tun),
+        node: Arc::downgrade(&node),
+        fd: tun.device.as_raw_fd(),
+        reader: Mutex::new(None),
+        runtime: AtomicBool::new(false),
+        wake: tokio::sync::Notify::new(),
+    });
+    let fast = node.ep.fast.clone();
+    if let Err(e) = fast.attach_tun(side.clone()) {
+        tracing::debug!(error = %e, tun = %tun.name, "TUN read on the runtime only");
+        side.runtime.store(true, Ordering::Release);
+    }
+    let mut reader = Reader::new(tun.mtu);
+    let mut errors = 0u64;
+    loop {
+        if !side.runtime.load(Ordering::Acquire) {
+            side.wake.notified().await;
+            continue;
+        }
+        // SAFETY: `tun` (held by this task) keeps the descriptor open for as long as
+        // the registration lives; it is dropped before the turn is given back.
+        let io = match unsafe {
+            AsyncFd::register_with_interest(TunFd(side.fd), Interest::READABLE)
+        } {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::error!(error = %e, tun = %tun.name, "cannot watch the TUN; data plane stopped");
                 return;
             }
-            Err(e) => {
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::debug!(error = %e, errors, tun = %tun.name, "TUN read dropped");
+        };
+        loop {
+            let mut guard = match io.readable().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(error = %e, tun = %tun.name, "TUN wait failed; data plane stopped");
+                    return;
+                }
+            };
+            let n = match guard.try_io(|_| reader.read(&tun)) {
+                Ok(r) => r,
+                Err(_would_block) => continue,
+            };
+            match n {
+                Ok(n) => {
+                    if !reader.send(n, &node) {
+                        // Nothing in this read needed the runtime: back to the fast
+                        // path's thread, off this reactor first.
+                        drop(guard);
+                        drop(io);
+                        side.runtime.store(false, Ordering::Release);
+                        if let Err(e) = fast.give_tun() {
+                            tracing::warn!(error = %e, tun = %tun.name, "cannot give the TUN to the fast path");
+                            side.runtime.store(true, Ordering::Release);
+                        }
+                        break;
+                    }
+                }
+                Err(e) if fatal(&e) => {
+                    tracing::error!(error = %e, tun = %tun.name, "TUN read failed; data plane stopped");
+                    return;
+                }
+                Err(e) => {
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        tracing::debug!(error = %e, errors, tun = %tun.name, "TUN read dropped");
+                    }
                 }
             }
         }

@@ -583,6 +583,34 @@ fn fast_data_channel_negotiated_and_replays_refused() -> anyhow::Result<()> {
     );
     assert!(na.ping(&fqdn("fb"), 2, &[])?, "the tunnel still works");
 
+    // The fast path's thread read a's TUN for those pings. A bulk transfer hands
+    // a's TUN and b's socket to the runtime (its large packets go on QUIC), arrives
+    // whole, and pings afterwards give both back to the thread.
+    let st = na.status()?;
+    assert_eq!(st["fast_path"]["tun"], "fast-thread", "{st}");
+    tcp_transfer(&a, &b, &fqdn("fb"), 5002, 4 * MIB)?;
+    let st = na.status()?;
+    assert!(
+        st["fast_path"]["tun_handovers"].as_u64().unwrap_or(0) >= 1,
+        "{st}"
+    );
+    let st = nb.status()?;
+    assert!(
+        st["fast_path"]["socket_handovers"].as_u64().unwrap_or(0) >= 1,
+        "{st}"
+    );
+    let back = eventually(Duration::from_secs(10), || {
+        na.ping(&fqdn("fb"), 2, &[])?;
+        let (sa, sb) = (na.status()?, nb.status()?);
+        Ok(sa["fast_path"]["tun"] == "fast-thread" && sb["fast_path"]["socket"] == "fast-thread")
+    })?;
+    assert!(
+        back,
+        "the fast path's thread takes the TUN and the socket back: {} / {}",
+        na.status()?["fast_path"],
+        nb.status()?["fast_path"]
+    );
+
     // a ↔ c: c does not offer it, so a sends c QUIC datagrams.
     assert!(na.ping(&fqdn("fc"), 3, &[])?, "a pings c");
     tcp_transfer(&a, &c, &fqdn("fc"), 5001, 2 * MIB)?;

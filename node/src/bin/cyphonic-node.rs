@@ -144,6 +144,11 @@ fn print_status(s: &NodeStatus) {
     if let Some(d) = s.dns {
         println!("dns         {d}");
     }
+    let f = &s.fast_path;
+    println!(
+        "reading     socket: {}, TUN: {} (handed to the runtime: socket {} times, TUN {} times)",
+        f.socket, f.tun, f.socket_handovers, f.tun_handovers
+    );
     let c = &s.cloud;
     let state = if c.connected {
         "registered"

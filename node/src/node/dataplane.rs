@@ -14,20 +14,28 @@ impl Node {
     }
 
     /// Send a packet read from the TUN to its peer, setting up the route when there
-    /// is none. `buf` is scratch space reused across calls.
-    pub fn send_packet(self: &Arc<Self>, pkt: &[u8], buf: &mut BytesMut) {
+    /// is none. `buf` is scratch space reused across calls. Returns whether the
+    /// packet needed the async runtime: it went on QUIC, or a route is being set up
+    /// for it (a packet on a fast data channel, or dropped, did not).
+    pub fn send_packet(self: &Arc<Self>, pkt: &[u8], buf: &mut BytesMut) -> bool {
         let Some(dst) = packet::destination(pkt) else {
-            return;
+            return false;
         };
         if !self.is_overlay(dst) {
-            return;
+            return false;
         }
         if let Some(link) = self.peers.route(dst) {
-            if self.send_on(&link, pkt, buf) {
-                return;
+            if let Some(tx) = link.fast_tx.get() {
+                if self.send_fast(&link, tx, pkt) {
+                    return false;
+                }
+            }
+            if self.send_quic(&link, pkt, buf) {
+                return true;
             }
         }
         self.queue_and_route(dst, pkt);
+        true
     }
 
     /// Send `pkt` on `link`: false when the link's connection is gone (the packet
@@ -40,6 +48,11 @@ impl Node {
                 return true;
             }
         }
+        self.send_quic(link, pkt, buf)
+    }
+
+    /// [`Node::send_on`]'s QUIC half.
+    fn send_quic(&self, link: &PeerLink, pkt: &[u8], buf: &mut BytesMut) -> bool {
         buf.reserve(CAPSULE_OVERHEAD + pkt.len());
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         if encode_capsule_into(buf, &link.path_id, seq, pkt).is_err() {
