@@ -67,7 +67,8 @@ def account(tids, t0, t1):
     on_cpu, in_sys, last = False, True, t0
     spent = {True: 0.0, False: 0.0}  # in a system call -> seconds on a CPU
     calls = 0
-    for t, tid, kind, text in ev[bisect.bisect_left(times, t0):]:
+    for i in range(bisect.bisect_left(times, t0), len(ev)):
+        t, tid, kind, text = ev[i]
         if t > t1:
             break
         if kind == "sched:sched_switch":
@@ -95,7 +96,8 @@ times = [e[0] for e in ev]
 
 def first(pred, after, limit=0.05):
     """The time of the first event after `after` (within `limit` s) that pred accepts."""
-    for t, tid, kind, text in ev[bisect.bisect_right(times, after):]:
+    for i in range(bisect.bisect_right(times, after), len(ev)):
+        t, tid, kind, text = ev[i]
         if t > after + limit:
             return None
         if pred(tid, kind, text):
