@@ -37,10 +37,11 @@ pub struct NodeConfig {
     pub peers: PeerSettings,
     /// The operator CLI's socket.
     pub control_socket: PathBuf,
-    /// Threads of the daemon's runtime; 0: one per CPU. One (the default) measured
-    /// fastest for a flow on a small host (BENCHMARKS.md): no hand-offs between
-    /// threads on the packet path. A gateway carrying many busy peers on a large
-    /// host may do better with more.
+    /// Threads of the daemon's async runtime; 0: one per CPU. One (the default)
+    /// measured fastest for a flow on a small host (BENCHMARKS.md): no hand-offs
+    /// between threads on the packet path. A gateway carrying many busy peers on a
+    /// large host may do better with more. The fast path's thread (small packets on
+    /// fast data channels) is separate and always one.
     pub threads: usize,
 }
 
