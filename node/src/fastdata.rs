@@ -1273,6 +1273,37 @@ mod tests {
         assert_eq!(peer.recv(&mut b).unwrap(), 3);
     }
 
+    /// quinn's wait for room: immediate while no send would have blocked (nothing
+    /// registered with the runtime); after one would have, a registration until the
+    /// socket has room, then none again, as many times as it happens.
+    #[tokio::test]
+    async fn waits_for_room_only_after_a_send_would_block() {
+        let sock = FastSocket::start(
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            Arc::new(FastRegistry::default()),
+        )
+        .unwrap();
+        let mut w = sock.clone().create_io_poller();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(w.as_mut().poll_writable(&mut cx).is_ready());
+        assert!(
+            lock(&sock.send_io).is_none(),
+            "no registration while sends go"
+        );
+        for _ in 0..3 {
+            sock.blocked.store(true, Ordering::Release);
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                std::future::poll_fn(|cx| w.as_mut().poll_writable(cx)),
+            )
+            .await
+            .expect("room is reported")
+            .unwrap();
+            assert!(!sock.blocked.load(Ordering::Acquire));
+            assert!(lock(&sock.send_io).is_none(), "registration dropped");
+        }
+    }
+
     fn tx_channel_id(sealed: &[u8]) -> u64 {
         FastHeader::parse(sealed).unwrap().channel()
     }
