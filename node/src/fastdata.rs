@@ -696,11 +696,9 @@ impl FastSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         let mut io = lock(&self.recv_io);
-        if io.is_none() {
-            *io = Some(register(&self.recv_sock, Interest::READABLE)?);
-        }
-        let Some(reg) = io.as_ref() else {
-            unreachable!("registered above")
+        let reg = match &mut *io {
+            Some(reg) => reg,
+            None => io.insert(register(&self.recv_sock, Interest::READABLE)?),
         };
         let (n, any_quic) = loop {
             let mut guard = ready!(reg.poll_read_ready(cx))?;
@@ -780,7 +778,9 @@ fn fast_thread(poller: Arc<Poller>, me: Weak<FastSocket>, rt: tokio::runtime::Ha
     let mut tokens = Vec::with_capacity(8);
     loop {
         if let Err(e) = poller.wait(&mut tokens) {
-            tracing::error!(error = %e, "the fast path cannot wait for packets; quinn takes the socket");
+            // Only a broken epoll instance gets here (EINTR is retried): quinn's
+            // receive reports the error, as a failed socket would.
+            tracing::error!(error = %e, "the fast path's thread cannot wait for packets; no packets are received");
             if let Some(me) = me.upgrade() {
                 me.fail(e);
             }

@@ -330,10 +330,14 @@ pub async fn pump(tun: Arc<Tun>, node: Arc<Node>) {
         wake: tokio::sync::Notify::new(),
     });
     let fast = node.ep.fast.clone();
-    if let Err(e) = fast.attach_tun(side.clone()) {
-        tracing::debug!(error = %e, tun = %tun.name, "TUN read on the runtime only");
-        side.runtime.store(true, Ordering::Release);
-    }
+    let attached = match fast.attach_tun(side.clone()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, tun = %tun.name, "TUN read on the runtime only");
+            side.runtime.store(true, Ordering::Release);
+            false
+        }
+    };
     let mut reader = Reader::new(tun.mtu);
     let mut errors = 0u64;
     loop {
@@ -366,7 +370,7 @@ pub async fn pump(tun: Arc<Tun>, node: Arc<Node>) {
             };
             match n {
                 Ok(n) => {
-                    if !reader.send(n, &node) {
+                    if !reader.send(n, &node) && attached {
                         // Nothing in this read needed the runtime: back to the fast
                         // path's thread, off this reactor first.
                         drop(guard);
