@@ -162,7 +162,8 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 }
 
 /// Removes namespaces whose name starts with `prefix` (which must start with
-/// [`NS_PREFIX`]) and whose owning test process (the `<pid>` in the name) is dead:
+/// [`NS_PREFIX`]), follows the benches' `cyb-<pid>-…` pattern, and whose owning
+/// test process (the `<pid>` in the name) is dead:
 /// kills what runs in them (by pid), deletes them and their `/etc/netns` files.
 /// Returns how many were removed. Benches of live processes are left alone.
 pub fn cleanup_stale(prefix: &str) -> Result<usize> {
@@ -174,12 +175,17 @@ pub fn cleanup_stale(prefix: &str) -> Result<usize> {
         if !ns.starts_with(prefix) {
             continue;
         }
-        let owner = ns[NS_PREFIX.len()..]
+        // Only the test benches' own names (`cyb-<pid>-…`): another tool's
+        // namespaces under the same prefix (`bench/dataplane.sh`'s `cyb-dp-<pid>-…`,
+        // running beside the tests) are not ours to judge.
+        let Some(owner) = ns[NS_PREFIX.len()..]
             .split('-')
             .next()
-            .and_then(|p| p.parse::<i32>().ok());
-        let alive = owner.is_some_and(netns::pid_alive);
-        if !alive && netns::del_ns(&ns).is_ok() {
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !netns::pid_alive(owner) && netns::del_ns(&ns).is_ok() {
             removed += 1;
         }
     }

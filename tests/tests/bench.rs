@@ -615,6 +615,20 @@ fn teardown_happens_on_panic_and_stale_benches_are_removed() -> Result<()> {
         cleanup_stale("other-").is_err(),
         "foreign prefixes are refused"
     );
+    // Another tool's namespace under the prefix (bench/dataplane.sh names its own
+    // `cyb-dp-<pid>-…`) is left alone, even with no live owner in its name: the
+    // tests once killed a running benchmark this way.
+    let foreign = format!("cyb-dp-{}-stale-probe", std::process::id());
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", &foreign])
+        .status()?;
+    assert!(st.success());
+    cleanup_stale("cyb-")?;
+    let kept = list_ns()?.contains(&foreign);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &foreign])
+        .status();
+    assert!(kept, "cleanup_stale removed a namespace it does not own");
     Ok(())
 }
 
