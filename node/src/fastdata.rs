@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -384,6 +384,8 @@ fn register(socket: &Arc<std::net::UdpSocket>, interest: Interest) -> io::Result
 /// each node on this one thread, woken straight from `epoll_wait` into our code.
 pub struct FastSocket {
     socket: Arc<std::net::UdpSocket>,
+    /// An IPv6 socket: IPv4 destinations go as v4-mapped addresses.
+    dual_stack: bool,
     state: UdpSocketState,
     /// A send would have blocked: quinn waits for room before its next one.
     blocked: AtomicBool,
@@ -460,6 +462,7 @@ impl FastSocket {
         socket: std::net::UdpSocket,
         registry: Arc<FastRegistry>,
     ) -> io::Result<Arc<FastSocket>> {
+        let dual_stack = socket.local_addr()?.is_ipv6();
         let socket = Arc::new(socket);
         let state = UdpSocketState::new((&*socket).into())?;
         let recv_sock = Arc::new(socket.try_clone()?);
@@ -470,6 +473,7 @@ impl FastSocket {
         poller.add(socket.as_raw_fd(), SOCKET)?;
         let me = Arc::new(FastSocket {
             socket,
+            dual_stack,
             state,
             blocked: AtomicBool::new(false),
             send_io: Mutex::new(None),
@@ -531,6 +535,30 @@ impl FastSocket {
     /// back, by GSO) to `to`. A full socket buffer drops it, as a congested link
     /// would.
     pub fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) -> io::Result<()> {
+        if segment.is_none_or(|s| contents.len() <= s) {
+            // One datagram: a plain `sendto`. quinn-udp's `sendmsg` carries control
+            // messages (ECN, source address) a fast-data packet does not use; their
+            // encoding and parsing cost 1–2 µs per send in traced ping hops
+            // (BENCHMARKS.md).
+            let to = match to {
+                SocketAddr::V4(a) if self.dual_stack => {
+                    SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+                }
+                to => to,
+            };
+            loop {
+                return match self.socket.send_to(contents, to) {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::WouldBlock {
+                            self.blocked.store(true, Ordering::Release);
+                        }
+                        Err(e)
+                    }
+                };
+            }
+        }
         self.try_send(&Transmit {
             destination: to,
             ecn: None,
@@ -1302,6 +1330,48 @@ mod tests {
             assert!(!sock.blocked.load(Ordering::Acquire));
             assert!(lock(&sock.send_io).is_none(), "registration dropped");
         }
+    }
+
+    /// One datagram goes by a plain `sendto`: from an IPv6 (dual-stack) socket to
+    /// an IPv4 peer (as a v4-mapped address) and to an IPv6 one, and from an IPv4
+    /// socket; several segments still go together by quinn-udp's GSO send.
+    #[tokio::test]
+    async fn sends_single_datagrams_and_segments_to_either_family() {
+        let Ok(dual) = std::net::UdpSocket::bind("[::]:0") else {
+            return; // no IPv6 on this host
+        };
+        let dual = FastSocket::start(dual, Arc::new(FastRegistry::default())).unwrap();
+        let v4 = FastSocket::start(
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            Arc::new(FastRegistry::default()),
+        )
+        .unwrap();
+        let recv = |addr: &str| {
+            let s = std::net::UdpSocket::bind(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        };
+        let mut b = [0u8; 64];
+        for (from, peer) in [
+            (&dual, recv("127.0.0.1:0")),
+            (&dual, recv("[::1]:0")),
+            (&v4, recv("127.0.0.1:0")),
+        ] {
+            from.send(peer.local_addr().unwrap(), b"one", None).unwrap();
+            assert_eq!(peer.recv(&mut b).unwrap(), 3);
+            assert_eq!(&b[..3], b"one");
+            // Fits one segment: still a single datagram.
+            from.send(peer.local_addr().unwrap(), b"four", Some(8))
+                .unwrap();
+            assert_eq!(peer.recv(&mut b).unwrap(), 4);
+            // Two segments: two datagrams (GSO, or quinn-udp's fallback without it).
+            from.send(peer.local_addr().unwrap(), b"aaaabb", Some(4))
+                .unwrap();
+            assert_eq!(peer.recv(&mut b).unwrap(), 4);
+            assert_eq!(peer.recv(&mut b).unwrap(), 2);
+            assert_eq!(&b[..2], b"bb");
+        }
+        assert!(!dual.blocked.load(Ordering::Acquire));
     }
 
     fn tx_channel_id(sealed: &[u8]) -> u64 {
