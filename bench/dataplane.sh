@@ -29,6 +29,8 @@
 #                         /opt/cyphonic-bench; binaries in $root/bin)
 #   CYPHONIC_BENCH_TOP    extra top-level lines of the nodes' config, e.g.
 #                         'threads = 0'
+#   CYPHONIC_BENCH_LISTEN the nodes' `listen` (default "[::]:443", dual-stack), e.g.
+#                         "0.0.0.0:443" (an IPv4-only socket)
 #   CYPHONIC_BENCH_TUN    extra lines for the nodes' [tun] section, e.g.
 #                         'offload = false' (to measure what a setting buys)
 #   CYPHONIC_BENCH_PEERS  extra lines for the nodes' [peers] section, e.g.
@@ -593,7 +595,7 @@ ca_cert = "$CY_DIR/cloud-state/ca/ca.crt"
 device = "$dev"
 enrollment_token = "$(cat "$CY_DIR/token-$dev")"
 control_socket = "$d/control.sock"
-listen = "[::]:443"
+listen = "${CYPHONIC_BENCH_LISTEN:-[::]:443}"
 ${CYPHONIC_BENCH_TOP:-}
 
 [dns]

@@ -16,10 +16,13 @@
 #   e.g. bash bench/pingtrace.sh cyb-dp-123-a 100.64.1.2 20 4711 4712 cyphonic0 cyphonic0
 #
 # PID_A/PID_B: the daemons (every thread is followed). Needs perf with tracepoints
-# (Debian: linux-perf). System-wide recording: run it on a quiet machine.
+# (Debian: linux-perf). System-wide recording: run it on a quiet machine. Tracing
+# every system call keeps one vCPU busy with perf's writer, so wake-ups land on the
+# other and the cost of waking an idle vCPU is hidden: bench/pingsegments.sh traces
+# lighter and splits each hop further.
 set -u
 if [ $# -ne 7 ] || ! [[ $3 =~ ^[0-9]+$ ]] || [ "$3" -lt 1 ] || [ "$3" -gt 200 ]; then
-  sed -n '2,19p' "$0" >&2
+  sed -n '2,22p' "$0" >&2
   exit 2
 fi
 NS=$1 T=$2 N=$3 PA=$4 PB=$5 TA=$6 TB=$7 INTERVAL=${INTERVAL:-0.2}
