@@ -18,7 +18,8 @@
 # and namespaces as printed by `bench/dataplane.sh --hold` (boringtun: cbta<id>,
 # cbtb<id>; CYPHONIC: cyphonic0 on both).
 set -u
-if [ $# -ne 7 ] || ! [[ $3 =~ ^[0-9]+$ ]] || [ "$3" -lt 1 ] || [ "$3" -gt 300 ]; then
+if [ $# -ne 7 ] || ! [[ $3 =~ ^[0-9]+$ ]] || [ "$3" -lt 1 ] || [ "$3" -gt 300 ] ||
+  ! [[ $4 =~ ^[0-9]+$ && $5 =~ ^[0-9]+$ ]]; then
   sed -n '2,19p' "$0" >&2
   exit 2
 fi

@@ -546,18 +546,13 @@ impl FastSocket {
                 }
                 to => to,
             };
-            loop {
-                return match self.socket.send_to(contents, to) {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        if e.kind() == io::ErrorKind::WouldBlock {
-                            self.blocked.store(true, Ordering::Release);
-                        }
-                        Err(e)
-                    }
-                };
-            }
+            let r = loop {
+                match self.socket.send_to(contents, to) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => break r.map(drop),
+                }
+            };
+            return self.note_blocked(r);
         }
         self.try_send(&Transmit {
             destination: to,
@@ -930,6 +925,17 @@ impl UdpPoller for Writable {
 }
 
 impl FastSocket {
+    /// A send that would have blocked marks the socket full: quinn then waits for
+    /// room ([`Writable`]) before its next send.
+    fn note_blocked(&self, r: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &r {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                self.blocked.store(true, Ordering::Release);
+            }
+        }
+        r
+    }
+
     /// Wait until the socket has room (every quinn connection waiting shares one
     /// registration, on a descriptor of its own).
     async fn room(self: Arc<Self>) -> io::Result<()> {
@@ -966,13 +972,7 @@ impl AsyncUdpSocket for FastSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let r = self.state.send((&*self.socket).into(), transmit);
-        if let Err(e) = &r {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                self.blocked.store(true, Ordering::Release);
-            }
-        }
-        r
+        self.note_blocked(self.state.send((&*self.socket).into(), transmit))
     }
 
     fn poll_recv(
