@@ -35,6 +35,8 @@
 #                         'offload = false' (to measure what a setting buys)
 #   CYPHONIC_BENCH_PEERS  extra lines for the nodes' [peers] section, e.g.
 #                         'congestion = "bbr"'
+#   CYPHONIC_BENCH_BT_ARGS extra arguments for boringtun-cli, e.g.
+#                         '--threads 1 --disable-connected-udp'
 #
 # Example: CYPHONIC_BIN_DIR=/tmp/cyb-bin sudo -E bash bench/dataplane.sh --no-build \
 #            --out /tmp/dataplane.md
@@ -674,6 +676,7 @@ wg_up() { # KIND IF_A IF_B ADDR_A ADDR_B PREFIX
       bin=$(tool boringtun-cli)
       [ -n "$bin" ] || fail "boringtun-cli not found in $TOOLS_ROOT/bin or PATH"
       start_bg "$ns" "$d/boringtun-$side.out" "$bin" -f --disable-drop-privileges \
+        ${CYPHONIC_BENCH_BT_ARGS:-} \
         -l "$d/boringtun-$side.log" "$ifn"
       pid=$bg_pid
       pids[$side]="$pid:boringtun-cli"
