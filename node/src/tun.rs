@@ -216,6 +216,8 @@ struct Reader {
     bufs: Vec<Vec<u8>>,
     sizes: Vec<usize>,
     scratch: BytesMut,
+    /// The fast path's thread: reads in a row that needed the runtime.
+    runtime_run: u32,
 }
 
 impl Reader {
@@ -226,6 +228,7 @@ impl Reader {
             bufs: (0..BATCH).map(|_| vec![0u8; seg]).collect(),
             sizes: vec![0usize; BATCH],
             scratch: BytesMut::with_capacity(256 * 1024),
+            runtime_run: 0,
         }
     }
 
@@ -259,11 +262,11 @@ impl Reader {
 
 /// Who reads the TUN. The fast path's thread does (`FastSocket::attach_tun`) while
 /// what it reads goes on fast data channels: a ping's reply then leaves on the same
-/// thread that wrote the request to the TUN, with no wake-up of the runtime. The
-/// first packet that needs the runtime (QUIC: a bulk transfer's large packets, a
-/// peer without a fast channel; a route to set up) hands the device to [`pump`],
-/// which reads it while such packets come, and gives it back after a read with
-/// none. The device is watched by the thread's poller or by the runtime's reactor,
+/// thread that wrote the request to the TUN, with no wake-up of the runtime. A run
+/// of packets that need the runtime (QUIC: a bulk transfer's large packets, a peer
+/// without a fast channel; a route to set up) hands the device to [`pump`], which
+/// reads it while such packets come, and gives it back after a read with none; a
+/// lone one is sent from the thread, which keeps the device. The device is watched by the thread's poller or by the runtime's reactor,
 /// never by both.
 pub struct TunSide {
     tun: Weak<Tun>,
@@ -288,7 +291,24 @@ impl TunSource for TunSide {
         let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let r = r.get_or_insert_with(|| Reader::new(tun.mtu));
         match r.read(&tun) {
-            Ok(n) => !r.send(n, &node),
+            // A lone packet that needed the runtime (a large one on QUIC, one to a
+            // peer being set up) was sent or queued from this thread, which keeps the
+            // device: handing it over at once left it with the runtime until the
+            // next packet, so the first small packet after every large one went
+            // through the runtime's wake-up. A run of them (two reads in a row, or
+            // one offloaded read of several segments: a bulk transfer) hands it over.
+            Ok(n) => {
+                if !r.send(n, &node) {
+                    r.runtime_run = 0;
+                    return true;
+                }
+                r.runtime_run += 1;
+                let keep = n <= 1 && r.runtime_run < 2;
+                if !keep {
+                    r.runtime_run = 0;
+                }
+                keep
+            }
             // The runtime's reader reports it and, if the device is gone, stops.
             Err(e) if fatal(&e) => false,
             Err(e) => {

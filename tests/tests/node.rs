@@ -611,6 +611,38 @@ fn fast_data_channel_negotiated_and_replays_refused() -> anyhow::Result<()> {
         nb.status()?["fast_path"]
     );
 
+    // One large packet each way (a ping too large for the fast channel, and its
+    // reply) goes on QUIC from the thread, which keeps the TUN and the socket: the
+    // next small packet needs no wake-up of the runtime. Before, each end's TUN and
+    // socket stayed with the runtime after such a packet, and after every
+    // keep-alive, until the next packet came.
+    let tun_handovers = |n: &NodeProc| -> anyhow::Result<u64> {
+        Ok(n.status()?["fast_path"]["tun_handovers"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let (ta, tb) = (tun_handovers(&na)?, tun_handovers(&nb)?);
+    assert!(
+        na.ping(&fqdn("fb"), 1, &["-s", "1300"])?,
+        "a large ping goes on QUIC"
+    );
+    std::thread::sleep(Duration::from_millis(300)); // its acknowledgements
+    for (node, t, name) in [(&na, ta, "a"), (&nb, tb, "b")] {
+        let st = node.status()?;
+        let fp = &st["fast_path"];
+        assert_eq!(fp["tun"], "fast-thread", "{name}: {fp}");
+        assert_eq!(fp["socket"], "fast-thread", "{name}: {fp}");
+        assert_eq!(
+            fp["tun_handovers"], t,
+            "{name}: no hand-over for one packet: {fp}"
+        );
+    }
+    let row = na.peer(&fqdn("fb"))?.expect("a has a tunnel to b");
+    assert!(
+        row["rx_packets"].as_u64().unwrap_or(0) > row["fast_rx_packets"].as_u64().unwrap_or(0),
+        "the large reply came on QUIC: {row}"
+    );
+
     // a ↔ c: c does not offer it, so a sends c QUIC datagrams.
     assert!(na.ping(&fqdn("fc"), 3, &[])?, "a pings c");
     tcp_transfer(&a, &c, &fqdn("fc"), 5001, 2 * MIB)?;
