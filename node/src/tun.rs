@@ -266,8 +266,8 @@ impl Reader {
 /// of packets that need the runtime (QUIC: a bulk transfer's large packets, a peer
 /// without a fast channel; a route to set up) hands the device to [`pump`], which
 /// reads it while such packets come, and gives it back after a read with none; a
-/// lone one is sent from the thread, which keeps the device. The device is watched by the thread's poller or by the runtime's reactor,
-/// never by both.
+/// lone one is sent from the thread, which keeps the device. The device is watched
+/// by the thread's poller or by the runtime's reactor, never by both.
 pub struct TunSide {
     tun: Weak<Tun>,
     node: Weak<Node>,
