@@ -586,11 +586,15 @@ impl FastSocket {
 
     /// Take the fast-data packets out of one received message (`data`, segments of
     /// `stride` bytes): each is opened and delivered. The QUIC packets left are moved
-    /// to the front in order; returns their length.
+    /// to the front in order; returns their length. `alone`: the message is the
+    /// only one of its read, so a single packet in it is written to the TUN
+    /// straight from where it was opened (nothing to coalesce it with, and no copy
+    /// into the batch: the common case of interactive traffic).
     fn take_fast(
         &self,
         data: &mut [u8],
         stride: usize,
+        alone: bool,
         current: &mut Current,
         scratch: &mut RxScratch,
     ) -> usize {
@@ -619,6 +623,11 @@ impl FastSocket {
                             if let Some(r) = ch.open(&h, seg) {
                                 let pkt = &seg[r];
                                 if ch.target.accept(pkt) {
+                                    if alone && start == 0 && end == len && batch.is_empty() {
+                                        ch.target.sink.deliver(pkt);
+                                        start = end;
+                                        continue;
+                                    }
                                     buf.extend_from_slice(pkt);
                                     batch.push_bytes(buf.split().freeze());
                                     if batch.is_full() {
@@ -670,7 +679,13 @@ impl FastSocket {
         for ((m, slot), k) in metas.iter().zip(slots.iter_mut()).zip(kept.iter_mut()) {
             let len = m.len.min(slot.len());
             *k = if filter {
-                self.take_fast(&mut slot[..len], m.stride, &mut current, scratch)
+                self.take_fast(
+                    &mut slot[..len],
+                    m.stride,
+                    metas.len() == 1,
+                    &mut current,
+                    scratch,
+                )
             } else {
                 len
             };
@@ -771,7 +786,8 @@ impl FastSocket {
                 let mut current: Current = None;
                 for (m, b) in meta.iter_mut().zip(bufs.iter_mut()).take(n) {
                     let len = m.len.min(b.len());
-                    m.len = self.take_fast(&mut b[..len], m.stride, &mut current, &mut scratch);
+                    m.len =
+                        self.take_fast(&mut b[..len], m.stride, n == 1, &mut current, &mut scratch);
                     any_quic |= m.len > 0;
                 }
                 if let Some((_, ch)) = current {
@@ -1240,14 +1256,32 @@ mod tests {
         msg.extend_from_slice(&quic_packet(2, stride - 10)); // the last may be shorter
         let mut scratch = RxScratch::default();
         let mut current = None;
-        let kept = sock.take_fast(&mut msg, stride, &mut current, &mut scratch);
-        if let Some((_, ch)) = current {
+        let kept = sock.take_fast(&mut msg, stride, true, &mut current, &mut scratch);
+        if let Some((_, ch)) = current.take() {
             ch.target.sink.deliver_batch(&mut scratch.batch);
         }
         assert_eq!(kept, 2 * stride - 10);
         assert_eq!(&msg[..stride], &quic_packet(1, stride)[..]);
         assert_eq!(&msg[stride..kept], &quic_packet(2, stride - 10)[..]);
-        assert_eq!(*lock(&sink.0), vec![pkt.clone(), pkt]);
+        assert_eq!(*lock(&sink.0), vec![pkt.clone(), pkt.clone()]);
+
+        // A lone packet, alone in its read, is written straight from where it was
+        // opened; in a read of several messages it waits in the batch.
+        for alone in [true, false] {
+            lock(&sink.0).clear();
+            let mut msg = Vec::new();
+            assert!(tx.seal(&pkt, &mut msg));
+            let len = msg.len();
+            assert_eq!(
+                sock.take_fast(&mut msg, len, alone, &mut current, &mut scratch),
+                0
+            );
+            assert_eq!(scratch.batch.is_empty(), alone);
+            if let Some((_, ch)) = current.take() {
+                ch.target.sink.deliver_batch(&mut scratch.batch);
+            }
+            assert_eq!(*lock(&sink.0), vec![pkt.clone()]);
+        }
     }
 
     /// Through a real socket: fast-data packets reach the sink and never quinn;
