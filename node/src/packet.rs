@@ -27,14 +27,14 @@ pub fn destination(pkt: &[u8]) -> Option<IpAddr> {
     addresses(pkt).map(|(_, d)| d)
 }
 
-fn fold(mut sum: u32) -> u16 {
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
 }
 
-fn sum_bytes(data: &[u8]) -> u32 {
+pub(crate) fn sum_bytes(data: &[u8]) -> u32 {
     let mut sum = 0u32;
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {

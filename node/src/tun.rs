@@ -528,17 +528,10 @@ mod tests {
     use proptest::prelude::*;
     use tun_rs::VirtioNetHdr;
 
-    /// The one's-complement sum of `b` (RFC 1071), folded: 0xffff over a region
-    /// whose checksum is right.
+    /// The one's-complement sum of `b` (RFC 1071) plus `seed`, folded (the packet
+    /// module's own arithmetic): 0xffff over a region whose checksum is right.
     fn sum(b: &[u8], seed: u32) -> u16 {
-        let mut s = seed;
-        for c in b.chunks(2) {
-            s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-        while s > 0xffff {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        s as u16
+        !crate::packet::fold(seed + crate::packet::sum_bytes(b))
     }
 
     fn read_of(hdr: VirtioNetHdr, pkt: &[u8]) -> Vec<u8> {
