@@ -11,16 +11,18 @@
 #                    wireguard-go,boringtun,nebula,quincy
 #   --runs N         iperf3 runs per system (default 3; the median is reported)
 #   --time S         seconds per iperf3 run (default 10)
-#   --pings N        pings per system, 0.2 s apart (default 20)
+#   --pings N        pings per system and round, 0.2 s apart (default 20)
+#   --ping-rounds R  rounds of pings (default 5): every system gets N pings in turn,
+#                    R times, so a drift of the host falls on all of them alike
 #   --out FILE       also write the results as a markdown table (for BENCHMARKS.md)
 #   --no-install     do not apt-get / cargo install missing tools
 #   --no-build       do not build CYPHONIC (use $CYPHONIC_BIN_DIR or target/release)
 #   --pgo            measure the profile-guided build (scripts/build-pgo.sh, run
 #                    first unless --no-build; binaries from target/pgo/release)
 #   --keep           keep the work directory (configs, logs, iperf3 JSON) on success
-#   --hold           after each system is up, print its namespaces and target and
-#                    wait until the file it names is removed (to run ping, perf or
-#                    tcpdump by hand), then measure it
+#   --hold           once every system is up, print their namespaces and targets
+#                    and wait until the file it names is removed (to run ping, perf,
+#                    tcpdump or bench/pingab.sh by hand), then measure them
 #
 #   CYPHONIC_BIN_DIR      directory with cyphonic-cloud and cyphonic-node; when unset
 #                         the script runs `cargo build --release --locked --bins
@@ -41,12 +43,16 @@
 # Example: CYPHONIC_BIN_DIR=/tmp/cyb-bin sudo -E bash bench/dataplane.sh --no-build \
 #            --out /tmp/dataplane.md
 #
-# What is measured, per system (each is started, measured and torn down before the
-# next one starts):
+# What is measured, per system (each system has its own namespaces; all are brought
+# up one after another and stay up, then measured):
+#   - RTT first, on idle tunnels: `ping -c N -i 0.2` from a to b, in R rounds; each
+#     round pings every system in turn. avg and min over all R x N replies, in ms,
+#     and each round's average. Twenty pings per system taken one system after
+#     another, minutes apart, moved a ratio between two systems by +-20 % on this
+#     host; interleaved rounds do not (BENCHMARKS.md).
 #   - TCP: `iperf3 -c <b> -t S` from namespace a to `iperf3 -s` in b, one flow, RUNS
-#     times; the median and every run in Mbit/s (receiver side).
-#   - RTT: `ping -c N -i 0.2` from a to b; avg and min in ms (before the iperf3 runs,
-#     on an idle tunnel).
+#     times, one system at a time (the others idle); the median and every run in
+#     Mbit/s (receiver side). Each system is torn down after its TCP runs.
 #   - CPU: utime+stime (all threads, /proc/PID/stat) of the tunnel daemons on both
 #     ends during the iperf3 runs, as % of one core averaged over the iperf3 wall
 #     time. CYPHONIC: both node daemons; cyphonic-relayed also the cloud (whose TRS
@@ -55,8 +61,8 @@
 #   - Ratios: TCP and RTT relative to the raw veth, and to the best reference tunnel
 #     (highest TCP, lowest avg RTT among wireguard-go/boringtun/nebula/quincy).
 #
-# Topology (namespaces cyb-dp-$$-{a,b,c}, documentation addresses only; nothing
-# leaves this machine):
+# Topology, one per system (namespaces cyb-dp-$$-<n>-{a,b,c}, n the system's place
+# in the order below; documentation addresses only; nothing leaves this machine):
 #
 #     a 198.51.100.1/24 ──── veth ──── 198.51.100.2/24 b      direct path, and the
 #        203.0.113.1/30                203.0.113.5/30         outer path of every
@@ -99,7 +105,7 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 die() { echo "dataplane.sh: error: $*" >&2; exit 1; }
 
 ORIG_ARGS=("$@")
-systems_arg=all runs=3 secs=10 pings=20 out="" install=1 build=1 pgo=0 keep=0 hold=0
+systems_arg=all runs=3 secs=10 pings=20 rounds=5 out="" install=1 build=1 pgo=0 keep=0 hold=0
 while (($#)); do
   case $1 in
     --systems) systems_arg=${2:?--systems needs a value}; shift 2 ;;
@@ -110,6 +116,8 @@ while (($#)); do
     --time=*) secs=${1#*=}; shift ;;
     --pings) pings=${2:?--pings needs a value}; shift 2 ;;
     --pings=*) pings=${1#*=}; shift ;;
+    --ping-rounds) rounds=${2:?--ping-rounds needs a value}; shift 2 ;;
+    --ping-rounds=*) rounds=${1#*=}; shift ;;
     --out) out=${2:?--out needs a value}; shift 2 ;;
     --out=*) out=${1#*=}; shift ;;
     --no-install) install=0; shift ;;
@@ -124,6 +132,7 @@ done
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 [[ $secs =~ ^[1-9][0-9]*$ ]] || die "--time must be a positive integer"
 [[ $pings =~ ^[1-9][0-9]*$ ]] || die "--pings must be a positive integer"
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--ping-rounds must be a positive integer"
 [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces, TUN devices)"
 
 SYSTEMS=()
@@ -150,10 +159,12 @@ fi
 # ---------------------------------------------------------------- work dir, cleanup
 WORK=$(mktemp -d /tmp/cyb-dataplane.XXXXXX)
 chmod 755 "$WORK"
-NS_A=cyb-dp-$$-a NS_B=cyb-dp-$$-b NS_C=cyb-dp-$$-c
+NS_PREFIX=cyb-dp-$$-       # each system's namespaces: $NS_PREFIX<n>-{a,b,c}
+NS_A="" NS_B="" NS_C=""   # set per system (run_system)
 PIDFILE=$WORK/pids        # every background process started, "pid name" per line
 SOCKS=()                  # /var/run/wireguard sockets of our interfaces (global path)
-ok_all=1 finished=0 cleaned=0 SUB_PID=""
+ok_all=1 finished=0 cleaned=0
+declare -A SUB=()         # system -> PID of its runner (a subshell of this script)
 # Interface names: the WireGuard UAPI socket is /var/run/wireguard/<ifname>.sock on
 # the shared filesystem, so tunnel names carry our PID (IFNAMSIZ: 15 chars max).
 IF_WG_A=cwga$$ IF_WG_B=cwgb$$ IF_BT_A=cbta$$ IF_BT_B=cbtb$$
@@ -199,29 +210,30 @@ stop_all_recorded() {
   done < <(tac "$PIDFILE")
 }
 
+our_namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep -- "^$NS_PREFIX" || true; }
+
 cleanup() {
-  local rc=$? ns pid s i
+  local rc=$? ns pid s i sys
   ((cleaned)) && return 0
   cleaned=1
   trap '' INT TERM
-  # A system still running (interrupted): ask its runner to tear down, stop what it
-  # started, then give it a moment to finish before the namespaces go.
-  [ -n "$SUB_PID" ] && kill -TERM "$SUB_PID" 2>/dev/null
+  # Systems still running (interrupted): ask their runners to tear down, stop what
+  # they started, then give them a moment to finish before the namespaces go.
+  for sys in "${!SUB[@]}"; do kill -TERM "${SUB[$sys]}" 2>/dev/null || true; done
   stop_all_recorded
-  for ns in "$NS_A" "$NS_B" "$NS_C"; do
+  for ns in $(our_namespaces); do
     # Anything still inside our own namespaces was started by us (iperf3, ping...).
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
   done
-  if [ -n "$SUB_PID" ]; then
-    for ((i = 0; i < 100; i++)); do kill -0 "$SUB_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SUB_PID" 2>/dev/null || true
-    wait "$SUB_PID" 2>/dev/null || true
-  fi
-  for ns in "$NS_A" "$NS_B" "$NS_C"; do
-    if ip netns list 2>/dev/null | grep -qw -- "$ns"; then
-      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-      ip netns del "$ns" 2>/dev/null || true
-    fi
+  for sys in "${!SUB[@]}"; do
+    pid=${SUB[$sys]}
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  for ns in $(our_namespaces); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
   done
   for s in "${SOCKS[@]}"; do rm -f "/var/run/wireguard/$s.sock"; done
   ((had_wg_run_dir)) || rmdir /var/run/wireguard 2>/dev/null || true
@@ -340,7 +352,7 @@ crate_ver() { # version of a cargo-installed crate under TOOLS_ROOT
 HEADER=()
 HEADER+=("date: $(date -u '+%Y-%m-%d %H:%M UTC')")
 HEADER+=("kernel: $(uname -r); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); nproc: $(nproc)")
-HEADER+=("options: systems=$(IFS=,; echo "${SYSTEMS[*]}") runs=$runs time=${secs}s pings=$pings; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)")
+HEADER+=("options: systems=$(IFS=,; echo "${SYSTEMS[*]}") runs=$runs time=${secs}s pings=$pings ping-rounds=$rounds; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)")
 if want_cyphonic; then
   rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
   git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev="$rev+dirty"
@@ -384,12 +396,10 @@ setup_topology() {
   # from the address each datagram arrived on).
   nsx "$NS_C" ip route add "$A_IP/32" via 203.0.113.1
   nsx "$NS_C" ip route add "$B_IP/32" via 203.0.113.5
-  nsx "$NS_A" ping -c 1 -W 2 "$B_IP" >/dev/null || die "topology: a cannot reach b over the veth"
-  nsx "$NS_A" ping -c 1 -W 2 "$CLOUD_IP" >/dev/null || die "topology: a cannot reach the cloud address"
-  nsx "$NS_B" ping -c 1 -W 2 "$CLOUD_IP" >/dev/null || die "topology: b cannot reach the cloud address"
+  nsx "$NS_A" ping -c 1 -W 2 "$B_IP" >/dev/null || fail "topology: a cannot reach b over the veth"
+  nsx "$NS_A" ping -c 1 -W 2 "$CLOUD_IP" >/dev/null || fail "topology: a cannot reach the cloud address"
+  nsx "$NS_B" ping -c 1 -W 2 "$CLOUD_IP" >/dev/null || fail "topology: b cannot reach the cloud address"
 }
-log "setting up namespaces $NS_A $NS_B $NS_C"
-setup_topology
 
 # ---------------------------------------------------------------- measurement
 CLK_TCK=$(getconf CLK_TCK)
@@ -413,35 +423,11 @@ oncpu_ns() {
   echo "$sum"
 }
 
-# measure TARGET: ping, then RUNS x iperf3 with the daemons' CPU; writes $RES.
+# measure_tcp TARGET: RUNS x iperf3 with the daemons' CPU; writes $RES.
 # DAEMONS: "label:pid:name ..." (set by the system's start function).
-measure() {
-  local target=$1 pingout rtt loss i t0 t1 wall_ns=0 json mbps runs_list=() d label pid name prev now
+measure_tcp() {
+  local target=$1 i t0 t1 wall_ns=0 json mbps runs_list=() d label pid name prev now
   local -A before=() total=()
-  log "  ping x$pings -> $target"
-  for d in "${DAEMONS[@]}"; do
-    IFS=: read -r label pid name <<<"$d"
-    before[$label]=$(oncpu_ns "$pid")
-  done
-  pingout=$(timeout --foreground -k 5 $((pings + 30)) ip netns exec "$NS_A" \
-    ping -n -q -c "$pings" -i 0.2 -W 2 "$target" 2>&1) || true
-  if ((${#DAEMONS[@]})); then
-    local per=""
-    for d in "${DAEMONS[@]}"; do
-      IFS=: read -r label pid name <<<"$d"
-      now=$(oncpu_ns "$pid") prev=${before[$label]}
-      per+="${per:+, }$label $(((now - prev) / pings / 1000))"
-    done
-    result r_ping_cpu "$per"
-  fi
-  echo "$pingout" >"$SYS_DIR/ping.txt"
-  rtt=$(sed -n 's#^rtt min/avg/max/mdev = \([0-9.]*\)/\([0-9.]*\)/.*#\1 \2#p' <<<"$pingout")
-  loss=$(grep -o '[0-9.]*% packet loss' <<<"$pingout" | cut -d% -f1)
-  [ -n "$rtt" ] || fail "ping to $target got no reply: $(tail -n 2 <<<"$pingout" | tr '\n' ' ')"
-  result r_ping_min "${rtt% *}"
-  result r_ping_avg "${rtt#* }"
-  result r_ping_loss "${loss:-?}"
-
   for d in "${DAEMONS[@]}"; do total[${d%%:*}]=0; done
   for ((i = 1; i <= runs; i++)); do
     for d in "${DAEMONS[@]}"; do
@@ -511,45 +497,61 @@ wait_ping() {
   fail "no ping reply from $target within ~${timeout}s"
 }
 
-# Teardown of one system: stop its processes, delete any link it left behind.
+# Teardown of one system: stop its processes, then remove its namespaces (with any
+# link it left behind).
 teardown_system() {
-  local pid name ns l
+  local pid name ns
   trap - ERR
   if [ -f "$SYS_PIDS" ]; then
     while read -r pid name; do stop_pid "$pid" "$name"; done < <(tac "$SYS_PIDS")
   fi
   for ns in "$NS_A" "$NS_B" "$NS_C"; do
-    for l in $(ip -n "$ns" -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
-      case $l in lo | ab | ac | ba | bc | ca | cb) ;; *) ip -n "$ns" link del "$l" 2>/dev/null || true ;; esac
-    done
+    ip netns list 2>/dev/null | grep -qw -- "$ns" || continue
+    # Anything still inside was started by this system (iperf3 -s, a ping...).
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
   done
-  for l in "${SOCKS[@]}"; do rm -f "/var/run/wireguard/$l.sock"; done
+  # Only this system's: a WireGuard daemon whose UAPI socket goes away exits.
+  for l in "${SYS_SOCKS[@]}"; do rm -f "/var/run/wireguard/$l.sock"; done
 }
 
+# run_system SYSTEM N (in a subshell of its own): its namespaces and the system up,
+# then "ready" in its directory (sender namespace, target, daemons) for the pings the
+# main shell sends; then, once the main shell writes "go" (or "stop") to $SYS_DIR/go,
+# its TCP runs, and the teardown.
 run_system() {
-  local sys=$1
+  local sys=$1 n=$2 d g
   SYS_DIR=$WORK/$sys
   SYS_PIDS=$SYS_DIR/pids
   RES=$RESULTS/$sys
+  NS_A=$NS_PREFIX$n-a NS_B=$NS_PREFIX$n-b NS_C=$NS_PREFIX$n-c
   mkdir -p "$SYS_DIR"
   : >"$SYS_PIDS"
   : >"$RES"
   DAEMONS=()
+  SYS_SOCKS=()
   TARGET=""
   POST_CHECK=""
   trap teardown_system EXIT
   trap 'exit 143' TERM
   set -E
   trap 'fail "command failed (line $LINENO): $BASH_COMMAND"' ERR
+  log "  namespaces $NS_A $NS_B $NS_C"
+  setup_topology
   "sys_${sys//-/_}"
   start_iperf_server
-  if ((hold)); then
-    touch "$SYS_DIR/hold"
-    log "  holding $sys: namespaces $NS_A (sender) $NS_B $NS_C, target $TARGET;"
-    log "  e.g. ip netns exec $NS_A ping $TARGET; rm $SYS_DIR/hold to go on"
-    while [ -e "$SYS_DIR/hold" ]; do sleep 1; done
-  fi
-  measure "$TARGET"
+  {
+    printf 'NS_A=%q NS_B=%q NS_C=%q TARGET=%q\n' "$NS_A" "$NS_B" "$NS_C" "$TARGET"
+    printf 'DAEMONS=('
+    for d in "${DAEMONS[@]}"; do printf '%q ' "$d"; done
+    printf ')\n'
+  } >"$SYS_DIR/ready.tmp"
+  mv "$SYS_DIR/ready.tmp" "$SYS_DIR/ready"
+  # The main shell's pings run now; it is bounded, and it kills us if it dies.
+  until [ -s "$SYS_DIR/go" ]; do sleep 0.2; done
+  g=$(cat "$SYS_DIR/go")
+  [ "$g" = go ] || fail "${g#stop: }"
+  measure_tcp "$TARGET"
   [ -z "$POST_CHECK" ] || $POST_CHECK
   result r_status ok
 }
@@ -560,7 +562,7 @@ sys_raw() {
 }
 
 # CYPHONIC: cloud in c (once initialised, state reused), nodes alice (a) and bob (b).
-CY_DIR=$WORK/cyphonic
+CY_DIR="" # per system: set by cyphonic_up
 cy_prepare() { # idempotent: cloud config, CA, devices, tokens
   [ -x "$CLOUD_BIN" ] || fail "$CLOUD_BIN not found or not executable"
   [ -x "$NODE_BIN" ] || fail "$NODE_BIN not found or not executable"
@@ -614,6 +616,7 @@ EOF
 
 cyphonic_up() { # RELAY_ONLY EXPECTED_PATH
   local relay=$1 want=$2 cloud_pid a_pid b_pid vip
+  CY_DIR=$SYS_DIR/cyphonic
   cy_prepare
   start_bg "$NS_C" "$SYS_DIR/cloud.log" "$CLOUD_BIN" --config "$CY_DIR/cloud.toml" run
   cloud_pid=$bg_pid
@@ -658,6 +661,7 @@ sys_cyphonic_relayed() { cyphonic_up true relayed; }
 wg_up() { # KIND IF_A IF_B ADDR_A ADDR_B PREFIX
   local kind=$1 ifa=$2 ifb=$3 ia=$4 ib=$5 plen=$6 pa pb d=$SYS_DIR side ns ifn pid bin
   have wg || fail "wg (wireguard-tools) not found"
+  SYS_SOCKS=("$ifa" "$ifb")
   umask 077
   wg genkey >"$d/a.key"
   wg genkey >"$d/b.key"
@@ -818,31 +822,112 @@ EOF
 }
 
 # ---------------------------------------------------------------- run everything
-for sys in "${SYSTEMS[@]}"; do
-  log "== $sys"
-  # Each system runs in its own subshell (its own error handling and teardown). It
-  # runs in the background and is waited for, so that Ctrl-C reaches this shell's
-  # trap at once: iperf3 and ping catch SIGINT and exit normally, and a shell waiting
-  # for such a foreground command would carry on as if nothing had happened.
+# finish SYSTEM: wait for its runner; a failure is recorded for the report.
+finish() {
+  local sys=$1 rc
   set +e
-  (set -e; run_system "$sys") &
-  SUB_PID=$!
-  wait "$SUB_PID"
+  wait "${SUB[$sys]}"
   rc=$?
-  SUB_PID=""
   set -e
+  unset "SUB[$sys]"
   if ((rc != 0)); then
     ok_all=0
     grep -q '^r_reason=' "$RESULTS/$sys" 2>/dev/null ||
       printf 'r_reason=%q\n' "exited with status $rc" >>"$RESULTS/$sys"
     echo "   $sys FAILED; logs: $WORK/$sys" >&2
   fi
+}
+
+# 1. Every system up, one after another, each in its own namespaces. Each runs in a
+# subshell (its own error handling and teardown) in the background; this shell polls
+# (so that Ctrl-C reaches its trap at once) until the system is ready or its runner
+# has exited. Each runner's own waits are bounded; 300 s is a last resort.
+UP=()
+n=0
+for sys in "${SYSTEMS[@]}"; do
+  n=$((n + 1))
+  log "== $sys: up"
+  (set -e; run_system "$sys" "$n") &
+  SUB[$sys]=$!
+  for ((i = 0; i < 1500; i++)); do
+    [ -e "$WORK/$sys/ready" ] && break
+    kill -0 "${SUB[$sys]}" 2>/dev/null || break
+    sleep 0.2
+  done
+  if [ -e "$WORK/$sys/ready" ]; then
+    UP+=("$sys")
+  else
+    kill -TERM "${SUB[$sys]}" 2>/dev/null || true
+    finish "$sys"
+  fi
+done
+
+if ((hold)) && ((${#UP[@]})); then
+  touch "$WORK/hold"
+  for sys in "${UP[@]}"; do
+    (source "$WORK/$sys/ready"; log "  holding $sys: namespaces $NS_A (sender) $NS_B $NS_C, target $TARGET")
+  done
+  log "  e.g. ip netns exec <sender> ping <target>; rm $WORK/hold to go on"
+  while [ -e "$WORK/hold" ]; do sleep 1; done
+fi
+
+# 2. RTT: ROUNDS rounds; in each, PINGS pings through every system in turn. Per
+# system: the reply times (one per line), each round's average, the sent count and
+# the daemons' CPU time during its pings.
+ping_once() { # SYSTEM ROUND
+  local sys=$1 r=$2 out d label pid name avg
+  local NS_A NS_B NS_C TARGET DAEMONS=()
+  local -A before=()
+  source "$WORK/$sys/ready"
+  for d in "${DAEMONS[@]}"; do
+    IFS=: read -r label pid name <<<"$d"
+    before[$label]=$(oncpu_ns "$pid")
+  done
+  out=$(timeout --foreground -k 5 $((pings + 30)) ip netns exec "$NS_A" \
+    ping -n -c "$pings" -i 0.2 -W 2 "$TARGET" 2>&1) || true
+  for d in "${DAEMONS[@]}"; do
+    IFS=: read -r label pid name <<<"$d"
+    echo "$label $(($(oncpu_ns "$pid") - ${before[$label]}))" >>"$WORK/$sys/ping-cpu"
+  done
+  echo "$out" >>"$WORK/$sys/ping.txt"
+  sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' <<<"$out" >"$WORK/$sys/ping-round"
+  cat "$WORK/$sys/ping-round" >>"$WORK/$sys/ping-times"
+  avg=$(awk '{s += $1} END {if (NR) printf "%.3f", s / NR; else print "-"}' "$WORK/$sys/ping-round")
+  echo "$avg" >>"$WORK/$sys/ping-rounds"
+  log "  round $r/$rounds: $sys ping x$pings -> $TARGET: avg $avg ms"
+}
+for ((r = 1; r <= rounds; r++)); do
+  for sys in "${UP[@]}"; do ping_once "$sys" "$r"; done
+done
+for sys in "${UP[@]}"; do
+  f=$WORK/$sys
+  RES=$RESULTS/$sys
+  got=$(wc -l <"$f/ping-times" 2>/dev/null || echo 0)
+  if ((got == 0)); then
+    echo "stop: no ping reply from $(source "$f/ready"; echo "$TARGET") in $rounds x $pings pings: $(tail -n 2 "$f/ping.txt" | tr '\n' ' ')" >"$f/go"
+    continue
+  fi
+  result r_ping_min "$(sort -n "$f/ping-times" | head -n 1)"
+  result r_ping_avg "$(awk '{s += $1} END {printf "%.3f", s / NR}' "$f/ping-times")"
+  result r_ping_loss "$(awk -v got="$got" -v sent=$((rounds * pings)) 'BEGIN {printf "%.0f", (sent - got) * 100 / sent}')"
+  result r_ping_rounds "$(paste -sd' ' "$f/ping-rounds")"
+  if [ -s "$f/ping-cpu" ]; then
+    result r_ping_cpu "$(awk -v n=$((rounds * pings)) '!($1 in t) {o[++k] = $1} {t[$1] += $2}
+      END {for (i = 1; i <= k; i++) printf "%s%s %d", (i > 1 ? ", " : ""), o[i], t[o[i]] / n / 1000}' "$f/ping-cpu")"
+  fi
+done
+
+# 3. TCP: one system at a time (the others idle), each torn down after its runs.
+for sys in "${UP[@]}"; do
+  log "== $sys: TCP"
+  [ -s "$WORK/$sys/go" ] || echo go >"$WORK/$sys/go"
+  finish "$sys"
 done
 
 # ---------------------------------------------------------------- report
 load() { # load SYSTEM: r_* variables of one system
   r_status="" r_reason="" r_tcp_runs="" r_tcp_median="" r_ping_avg="" r_ping_min=""
-  r_ping_loss="" r_cpu="" r_cpu_detail="" r_ping_cpu=""
+  r_ping_loss="" r_cpu="" r_cpu_detail="" r_ping_cpu="" r_ping_rounds=""
   # shellcheck disable=SC1090
   [ -f "$RESULTS/$1" ] && source "$RESULTS/$1"
   r_status=${r_status:-failed}
@@ -882,7 +967,7 @@ for sys in "${SYSTEMS[@]}"; do
 done
 
 echo
-echo "== results (TCP: median of $runs x ${secs}s iperf3, one flow a->b; ping: $pings x 0.2 s, a->b)"
+echo "== results (TCP: median of $runs x ${secs}s iperf3, one flow a->b; ping: $rounds interleaved rounds of $pings x 0.2 s, a->b)"
 {
   (IFS='|'; echo "${COLS[*]}")
   printf '%s\n' "${ROWS[@]}"
@@ -901,7 +986,13 @@ echo "== results (TCP: median of $runs x ${secs}s iperf3, one flow a->b; ping: $
 notes=()
 [ -n "$best_tcp_sys" ] && notes+=("best reference: TCP $best_tcp_sys ($best_tcp Mbit/s), RTT $best_rtt_sys ($best_rtt ms avg)")
 [ -z "$raw_tcp" ] && notes+=("raw veth not measured: no ratios to raw")
-notes+=("RTT ratios use the average RTT. CPU: tunnel daemons on both ends (cyphonic-relayed: nodes + cloud/TRS), utime+stime over the iperf3 wall time; kernel work is not attributed. CPU µs per ping: time each daemon ran (all threads, /proc/PID/task/*/schedstat) during the pings, divided by their number; it includes the kernel work done in the daemon's system calls and its idle timers.")
+per_round=""
+for sys in "${SYSTEMS[@]}"; do
+  load "$sys"
+  [ -n "$r_ping_rounds" ] && per_round+="${per_round:+; }$sys ${r_ping_rounds// /, }"
+done
+[ -n "$per_round" ] && notes+=("ping average of each round (ms), rounds interleaved across systems: $per_round")
+notes+=("RTT ratios use the average RTT over all rounds. CPU: tunnel daemons on both ends (cyphonic-relayed: nodes + cloud/TRS), utime+stime over the iperf3 wall time; kernel work is not attributed. CPU µs per ping: time each daemon ran (all threads, /proc/PID/task/*/schedstat) during the pings, divided by their number; it includes the kernel work done in the daemon's system calls and its idle timers.")
 printf '%s\n' "${notes[@]}"
 
 if [ -n "$out" ]; then

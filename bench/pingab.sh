@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Ping RTT of several held tunnels, measured in alternating batches (issue 7): one
-# batch of COUNT pings (0.1 s apart) through each tunnel in turn, ROUNDS times, so a
+# batch of COUNT pings (INTERVAL s apart: $PINGAB_INTERVAL, default 0.1; the data-plane
+# bench uses 0.2) through each tunnel in turn, ROUNDS times, so a
 # noisy host's drift falls on every tunnel alike. Prints, per tunnel, the 10th,
 # 50th and 90th percentile and the mean of all its pings.
 #
 #   bash bench/pingab.sh ROUNDS COUNT LABEL:NAMESPACE:TARGET ...   (ROUNDS 1..50, COUNT 1..500)
 #   e.g. bash bench/pingab.sh 8 100 ours:cyb-dp-695-a:100.84.220.134 bt:cyb-dp-889-a:192.0.2.6
 #
-# Hold each tunnel up first: `bench/dataplane.sh --systems S --hold` in another shell
-# prints its sender namespace and target (several can be held at once: each run has
-# its own namespaces). Sends only to the given targets, inside their namespaces.
+# Hold the tunnels up first: `bench/dataplane.sh --systems S,T --hold` in another
+# shell prints each one's sender namespace and target (several runs can hold at once,
+# e.g. two builds of CYPHONIC: each system of each run has its own namespaces). Sends
+# only to the given targets, inside their namespaces.
 set -u
-usage() { sed -n '2,12p' "$0" >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" >&2; exit 2; }
 [ $# -ge 3 ] || usage
-R=$1 N=$2
+R=$1 N=$2 I=${PINGAB_INTERVAL:-0.1}
 shift 2
+[[ $I =~ ^(0\.[1-9][0-9]*|[1-9][0-9]*(\.[0-9]+)?)$ ]] || { echo "pingab: PINGAB_INTERVAL must be 0.1 s or more" >&2; exit 2; }
 [[ $R =~ ^[0-9]+$ ]] && [ "$R" -ge 1 ] && [ "$R" -le 50 ] || usage
 [[ $N =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] && [ "$N" -le 500 ] || usage
 for spec in "$@"; do
@@ -27,7 +30,7 @@ trap 'rm -rf "$D"' EXIT
 for r in $(seq 1 "$R"); do
   for spec in "$@"; do
     IFS=: read -r l ns t <<<"$spec"
-    timeout $((N / 5 + 30)) ip netns exec "$ns" ping -n -c "$N" -i 0.1 -W 1 "$t" |
+    timeout $((N * 2 + 30)) ip netns exec "$ns" ping -n -c "$N" -i "$I" -W 1 "$t" |
       sed -n 's/.*time=\([0-9.]*\).*/\1/p' >>"$D/$l"
   done
 done

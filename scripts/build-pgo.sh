@@ -60,7 +60,7 @@ rm -f "$RAW"/*.profraw # build scripts are instrumented too: keep only the train
 
 log "2/4 training on the namespace bench (CYPHONIC direct and relayed)"
 CYPHONIC_BIN_DIR=$GEN/release bash "$ROOT/bench/dataplane.sh" --no-build \
-  --systems cyphonic-direct,cyphonic-relayed --runs 1 --time 5 --pings 40 ||
+  --systems cyphonic-direct,cyphonic-relayed --runs 1 --time 5 --pings 20 --ping-rounds 2 ||
   die "the training run failed (see its output above)"
 ls "$RAW"/*.profraw >/dev/null 2>&1 || die "the training run left no profile in $RAW"
 
