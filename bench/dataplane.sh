@@ -909,6 +909,7 @@ for sys in "${UP[@]}"; do
   fi
   result r_ping_min "$(sort -n "$f/ping-times" | head -n 1)"
   result r_ping_avg "$(awk '{s += $1} END {printf "%.3f", s / NR}' "$f/ping-times")"
+  result r_ping_p50 "$(sort -n "$f/ping-times" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')"
   result r_ping_loss "$(awk -v got="$got" -v sent=$((rounds * pings)) 'BEGIN {printf "%.0f", (sent - got) * 100 / sent}')"
   result r_ping_rounds "$(paste -sd' ' "$f/ping-rounds")"
   if [ -s "$f/ping-cpu" ]; then
@@ -927,7 +928,7 @@ done
 # ---------------------------------------------------------------- report
 load() { # load SYSTEM: r_* variables of one system
   r_status="" r_reason="" r_tcp_runs="" r_tcp_median="" r_ping_avg="" r_ping_min=""
-  r_ping_loss="" r_cpu="" r_cpu_detail="" r_ping_cpu="" r_ping_rounds=""
+  r_ping_loss="" r_cpu="" r_cpu_detail="" r_ping_cpu="" r_ping_rounds="" r_ping_p50=""
   # shellcheck disable=SC1090
   [ -f "$RESULTS/$1" ] && source "$RESULTS/$1"
   r_status=${r_status:-failed}
@@ -989,9 +990,9 @@ notes=()
 per_round=""
 for sys in "${SYSTEMS[@]}"; do
   load "$sys"
-  [ -n "$r_ping_rounds" ] && per_round+="${per_round:+; }$sys ${r_ping_rounds// /, }"
+  [ -n "$r_ping_rounds" ] && per_round+="${per_round:+; }$sys ${r_ping_rounds// /, } (median of all ${r_ping_p50:--})"
 done
-[ -n "$per_round" ] && notes+=("ping average of each round (ms), rounds interleaved across systems: $per_round")
+[ -n "$per_round" ] && notes+=("ping average of each round (ms), rounds interleaved across systems, and the median of all the system's pings: $per_round")
 notes+=("RTT ratios use the average RTT over all rounds. CPU: tunnel daemons on both ends (cyphonic-relayed: nodes + cloud/TRS), utime+stime over the iperf3 wall time; kernel work is not attributed. CPU µs per ping: time each daemon ran (all threads, /proc/PID/task/*/schedstat) during the pings, divided by their number; it includes the kernel work done in the daemon's system calls and its idle timers.")
 printf '%s\n' "${notes[@]}"
 
