@@ -517,8 +517,9 @@ teardown_system() {
 
 # run_system SYSTEM N (in a subshell of its own): its namespaces and the system up,
 # then "ready" in its directory (sender namespace, target, daemons) for the pings the
-# main shell sends; then, once the main shell writes "go" (or "stop") to $SYS_DIR/go,
-# its TCP runs, and the teardown.
+# main shell sends; then, once the main shell writes "go" (or "stop: why") to the FIFO
+# $SYS_DIR/go, its TCP runs, and the teardown. The runner blocks on the FIFO: a poll
+# (a `sleep` every 0.2 s in each of seven runners) disturbed the pings it overlapped.
 run_system() {
   local sys=$1 n=$2 d g
   SYS_DIR=$WORK/$sys
@@ -546,10 +547,11 @@ run_system() {
     for d in "${DAEMONS[@]}"; do printf '%q ' "$d"; done
     printf ')\n'
   } >"$SYS_DIR/ready.tmp"
+  mkfifo "$SYS_DIR/go"
   mv "$SYS_DIR/ready.tmp" "$SYS_DIR/ready"
-  # The main shell's pings run now; it is bounded, and it kills us if it dies.
-  until [ -s "$SYS_DIR/go" ]; do sleep 0.2; done
-  g=$(cat "$SYS_DIR/go")
+  # The main shell's pings run now; it is bounded, and it stops us if it dies.
+  g=""
+  read -r g <"$SYS_DIR/go" || true
   [ "$g" = go ] || fail "${g#stop: }"
   measure_tcp "$TARGET"
   [ -z "$POST_CHECK" ] || $POST_CHECK
@@ -843,6 +845,7 @@ finish() {
 # (so that Ctrl-C reaches its trap at once) until the system is ready or its runner
 # has exited. Each runner's own waits are bounded; 300 s is a last resort.
 UP=()
+declare -A VERDICT=() # system -> "stop: why" when its pings got no reply
 n=0
 for sys in "${SYSTEMS[@]}"; do
   n=$((n + 1))
@@ -904,7 +907,7 @@ for sys in "${UP[@]}"; do
   RES=$RESULTS/$sys
   got=$(wc -l <"$f/ping-times" 2>/dev/null || echo 0)
   if ((got == 0)); then
-    echo "stop: no ping reply from $(source "$f/ready"; echo "$TARGET") in $rounds x $pings pings: $(tail -n 2 "$f/ping.txt" | tr '\n' ' ')" >"$f/go"
+    VERDICT[$sys]="stop: no ping reply from $(source "$f/ready"; echo "$TARGET") in $rounds x $pings pings: $(tail -n 2 "$f/ping.txt" | tr '\n' ' ')"
     continue
   fi
   result r_ping_min "$(sort -n "$f/ping-times" | head -n 1)"
@@ -921,7 +924,10 @@ done
 # 3. TCP: one system at a time (the others idle), each torn down after its runs.
 for sys in "${UP[@]}"; do
   log "== $sys: TCP"
-  [ -s "$WORK/$sys/go" ] || echo go >"$WORK/$sys/go"
+  # The runner is blocked reading its FIFO (a dead one is reaped by finish: the
+  # write gives up after 10 s).
+  kill -0 "${SUB[$sys]}" 2>/dev/null &&
+    timeout 10 bash -c 'printf "%s\n" "$1" >"$2"' _ "${VERDICT[$sys]:-go}" "$WORK/$sys/go" || true
   finish "$sys"
 done
 
