@@ -518,8 +518,9 @@ teardown_system() {
 # run_system SYSTEM N (in a subshell of its own): its namespaces and the system up,
 # then "ready" in its directory (sender namespace, target, daemons) for the pings the
 # main shell sends; then, once the main shell writes "go" (or "stop: why") to the FIFO
-# $SYS_DIR/go, its TCP runs, and the teardown. The runner blocks on the FIFO: a poll
-# (a `sleep` every 0.2 s in each of seven runners) disturbed the pings it overlapped.
+# $SYS_DIR/go, its TCP runs, and the teardown. The runner blocks on the FIFO, so it
+# does no work of its own while other systems are pinged (a poll would run a `sleep`
+# every 0.2 s in each of seven runners).
 run_system() {
   local sys=$1 n=$2 d g
   SYS_DIR=$WORK/$sys

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profile-guided release build of cyphonic-node and cyphonic-cloud: the build to ship
-# where latency and throughput matter (BENCHMARKS.md, "Profile-guided build": ~30 %
-# less user-space time per packet; RTT avg −14–17 %, TCP +13–44 % in interleaved rounds).
+# where throughput matters (BENCHMARKS.md, "Profile-guided build": when introduced,
+# TCP +13–44 % and RTT −14–17 %; on the fast data path of 2026-12-04, TCP +5 %, RTT same).
 #
 #   sudo bash scripts/build-pgo.sh
 #
@@ -15,7 +15,8 @@
 # Needs: root (network namespaces), what bench/dataplane.sh needs for CYPHONIC
 # (iperf3, jq: `bash scripts/deps.sh` or the bench installs them), and an
 # llvm-profdata that reads this rustc's profiles: `rustup component add llvm-tools`
-# or Debian's llvm-19 (`apt-get install --no-install-recommends llvm-19`) or newer.
+# or Debian's llvm-N of the same LLVM major version as rustc or newer (rustc 1.95 has
+# LLVM 22: `apt-get install --no-install-recommends llvm-22`).
 # LLVM_PROFDATA=/path/to/llvm-profdata picks one. Takes two release builds (~10 min
 # on 2 cores). The plain `cargo build --release` is unchanged.
 set -euo pipefail
@@ -27,7 +28,7 @@ PROF=$GEN/merged.profdata
 log() { printf '%s build-pgo: %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf 'build-pgo: error: %s\n' "$*" >&2; exit 1; }
 case "${1:-}" in
-  -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
   "") ;;
   *) die "unknown argument $1 (see --help)" ;;
 esac
@@ -44,7 +45,7 @@ profdata_candidates() {
   command -v llvm-profdata 2>/dev/null || true
 }
 [ -n "$(profdata_candidates)" ] ||
-  die "no llvm-profdata found: run 'rustup component add llvm-tools' or 'apt-get install --no-install-recommends llvm-19', or set LLVM_PROFDATA"
+  die "no llvm-profdata found: run 'rustup component add llvm-tools' or 'apt-get install --no-install-recommends llvm-<rustc's LLVM major, see rustc -vV>', or set LLVM_PROFDATA"
 
 build() { # build TARGET_DIR RUSTFLAGS
   (cd "$ROOT" && CARGO_TARGET_DIR=$1 RUSTFLAGS="${RUSTFLAGS:-} $2" \
