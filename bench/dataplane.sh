@@ -90,6 +90,13 @@
 #     client is pinned to 192.0.2.18 with a per-user address_pool; default MTU 1400.
 #   - CYPHONIC: [dns] enable = false (the bench has no resolver); MTU default 1360.
 #
+# Sessions: every daemon, iperf3 and the measuring ping run in a session of their
+# own (setsid), as a service and an application would. With the kernel's autogroup
+# scheduling (sched_autogroup_enabled, on by default) a session is a scheduling
+# group; left in the bench's one session, the pinging process shared a group with
+# the daemons, and pings through every tunnel came out slower (ours by ~0.1 ms,
+# boringtun's less; BENCHMARKS.md, "Ping RTT in interleaved rounds").
+#
 # Every process this script starts is killed by PID, and the namespaces are removed,
 # on exit, error or Ctrl-C. A failing system shows FAILED with the reason (its logs
 # are in the work directory, which is then kept) and the others still run.
@@ -246,13 +253,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
-# Start a background process inside a namespace; sets $bg_pid. `ip netns exec`
-# execs the command, so the PID is the daemon's own.
+# Start a background process inside a namespace, in a session of its own; sets
+# $bg_pid. `setsid` (a background job of this shell leads no process group, so it
+# does not fork) and `ip netns exec` exec the command, so the PID is the daemon's own.
 start_bg() {
   local ns=$1 logf=$2 name
   shift 2
   name=$(basename "$1")
-  ip netns exec "$ns" "$@" >"$logf" 2>&1 </dev/null &
+  setsid ip netns exec "$ns" "$@" >"$logf" 2>&1 </dev/null &
   bg_pid=$!
   echo "$bg_pid $name" >>"$PIDFILE"
   echo "$bg_pid $name" >>"$SYS_PIDS"
@@ -438,7 +446,7 @@ measure_tcp() {
     json=$SYS_DIR/iperf3-$i.json
     log "  iperf3 run $i/$runs (${secs}s) -> $target"
     t0=$(date +%s%N)
-    timeout --foreground -k 5 $((secs + 30)) ip netns exec "$NS_A" \
+    timeout --foreground -k 5 $((secs + 30)) setsid -w ip netns exec "$NS_A" \
       iperf3 -c "$target" -t "$secs" -J --connect-timeout 5000 >"$json" 2>"$json.err" || true
     t1=$(date +%s%N)
     for d in "${DAEMONS[@]}"; do
@@ -887,7 +895,7 @@ ping_once() { # SYSTEM ROUND
     IFS=: read -r label pid name <<<"$d"
     before[$label]=$(oncpu_ns "$pid")
   done
-  out=$(timeout --foreground -k 5 $((pings + 30)) ip netns exec "$NS_A" \
+  out=$(timeout --foreground -k 5 $((pings + 30)) setsid -w ip netns exec "$NS_A" \
     ping -n -c "$pings" -i 0.2 -W 2 "$TARGET" 2>&1) || true
   for d in "${DAEMONS[@]}"; do
     IFS=: read -r label pid name <<<"$d"
