@@ -43,6 +43,16 @@ pub struct NodeConfig {
     /// large host may do better with more. The fast path's thread (small packets on
     /// fast data channels) is separate and always one.
     pub threads: usize,
+    /// Linux scheduling policy of the fast path's thread: `auto` (the default),
+    /// `batch` or `normal`. Under `batch` the thread, woken by a packet, does not
+    /// preempt the task that woke it (the application writing to the TUN, or a
+    /// peer's daemon on the same host); it runs once that task sleeps, on the same
+    /// CPU, so a packet's hand-offs stay on one warm CPU instead of waking an idle
+    /// (on a VM: halted) one. `normal` preempts, as every thread does by default;
+    /// on a host whose CPUs are all busy it gets packets through sooner. `auto` is
+    /// `batch` while the host has CPU to spare and `normal` under CPU pressure
+    /// (Linux PSI). See crate::schedpolicy and BENCHMARKS.md.
+    pub fast_thread_policy: crate::schedpolicy::FastThreadPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +132,7 @@ impl Default for NodeConfig {
             peers: PeerSettings::default(),
             control_socket: PathBuf::from("/run/cyphonic-node.sock"),
             threads: 1,
+            fast_thread_policy: crate::schedpolicy::FastThreadPolicy::default(),
         }
     }
 }
@@ -277,6 +288,7 @@ mod tests {
         assert_eq!(c.tun.mtu, d.tun.mtu, "the example shows the defaults");
         assert_eq!(c.peers.idle_secs, d.peers.idle_secs);
         assert_eq!(c.listen, d.listen);
+        assert_eq!(c.fast_thread_policy, d.fast_thread_policy);
     }
 
     #[test]

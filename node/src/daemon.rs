@@ -76,6 +76,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             cloud_idle: Duration::from_secs(30),
             path_mtu: cfg.peers.path_mtu,
             congestion: cfg.peers.congestion,
+            fast_thread_policy: cfg.fast_thread_policy,
         },
     )?;
     let domain = &cfg.overlay_domain;

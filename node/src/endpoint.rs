@@ -34,6 +34,8 @@ pub struct TransportSettings {
     pub path_mtu: u16,
     /// Congestion controller of peer connections.
     pub congestion: Congestion,
+    /// Scheduling policy of the fast path's thread (`fast_thread_policy`).
+    pub fast_thread_policy: crate::schedpolicy::FastThreadPolicy,
 }
 
 /// The congestion controller of the outer QUIC connection of a tunnel
@@ -57,6 +59,7 @@ impl Default for TransportSettings {
             cloud_idle: Duration::from_secs(30),
             path_mtu: 1452,
             congestion: Congestion::default(),
+            fast_thread_policy: crate::schedpolicy::FastThreadPolicy::default(),
         }
     }
 }
@@ -99,7 +102,7 @@ impl NodeEndpoint {
         })?;
         let token = RelayToken::random();
         let fast_channels = Arc::new(FastRegistry::default());
-        let fast = FastSocket::start(socket, fast_channels.clone())?;
+        let fast = FastSocket::start(socket, fast_channels.clone(), transport.fast_thread_policy)?;
         let endpoint = quic::endpoint(fast.clone(), token, None)?;
         let ep = Arc::new(NodeEndpoint {
             endpoint,

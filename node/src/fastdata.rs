@@ -36,6 +36,8 @@ use crate::node::PacketSink;
 use crate::packet;
 use crate::peers::Counters;
 use crate::poller::{Poller, STOP};
+pub use crate::schedpolicy::FastThreadPolicy;
+use crate::schedpolicy::ThreadPolicy;
 use crate::tun::TunBatch;
 
 /// TLS exporter label of the channel's keys (RFC 8446 §7.5); the context is the
@@ -410,6 +412,8 @@ pub struct FastSocket {
     tun: OnceLock<Arc<dyn TunSource>>,
     socket_handovers: AtomicU64,
     tun_handovers: AtomicU64,
+    /// The fast thread's scheduling policy.
+    policy: Arc<ThreadPolicy>,
 }
 
 /// A TUN device read by the fast path's thread while its packets go on fast data
@@ -439,6 +443,10 @@ pub struct FastPathStatus {
     pub socket_handovers: u64,
     /// Times it handed the TUN to the runtime.
     pub tun_handovers: u64,
+    /// The thread's scheduling policy now, e.g. "batch (auto; CPU pressure 1.07 %,
+    /// switched 0 times)" (`fast_thread_policy`, crate::schedpolicy).
+    #[serde(default)]
+    pub policy: String,
 }
 
 /// Poller tokens of the fast path's thread.
@@ -465,6 +473,7 @@ impl FastSocket {
     pub fn start(
         socket: std::net::UdpSocket,
         registry: Arc<FastRegistry>,
+        policy: FastThreadPolicy,
     ) -> io::Result<Arc<FastSocket>> {
         let dual_stack = socket.local_addr()?.is_ipv6();
         let socket = Arc::new(socket);
@@ -492,12 +501,15 @@ impl FastSocket {
             tun: OnceLock::new(),
             socket_handovers: AtomicU64::new(0),
             tun_handovers: AtomicU64::new(0),
+            policy: ThreadPolicy::new(policy),
         });
         let weak = Arc::downgrade(&me);
         let rt = tokio::runtime::Handle::current();
+        me.policy.spawn_auto(&rt);
+        let policy = me.policy.clone();
         std::thread::Builder::new()
             .name("cyphonic-fast".into())
-            .spawn(move || fast_thread(poller, weak, rt))?;
+            .spawn(move || fast_thread(poller, weak, rt, policy))?;
         Ok(me)
     }
 
@@ -523,6 +535,7 @@ impl FastSocket {
             .into(),
             socket_handovers: self.socket_handovers.load(Ordering::Relaxed),
             tun_handovers: self.tun_handovers.load(Ordering::Relaxed),
+            policy: self.policy.describe(),
         }
     }
 
@@ -838,8 +851,15 @@ struct RxState {
 /// The fast path's thread: waits on `poller` for the socket and the TUN, while it
 /// has their turns, until the [`FastSocket`] is dropped. It runs inside the runtime
 /// (`rt`) so that what it calls may spawn tasks (a route to set up).
-fn fast_thread(poller: Arc<Poller>, me: Weak<FastSocket>, rt: tokio::runtime::Handle) {
+fn fast_thread(
+    poller: Arc<Poller>,
+    me: Weak<FastSocket>,
+    rt: tokio::runtime::Handle,
+    policy: Arc<ThreadPolicy>,
+) {
     let _rt = rt.enter();
+    policy.enter();
+    drop(policy);
     let mut st = RxState {
         slots: Vec::new(),
         metas: [RecvMeta::default(); RX_BATCH],
@@ -1243,6 +1263,7 @@ mod tests {
         let sock = FastSocket::start(
             std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
             reg.clone(),
+            FastThreadPolicy::default(),
         )
         .unwrap();
         let sink = Arc::new(Collect::default());
@@ -1292,6 +1313,7 @@ mod tests {
         let sock = FastSocket::start(
             std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
             reg.clone(),
+            FastThreadPolicy::default(),
         )
         .unwrap();
         let to = sock.local_addr().unwrap();
@@ -1381,6 +1403,7 @@ mod tests {
         let sock = FastSocket::start(
             std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
             Arc::new(FastRegistry::default()),
+            FastThreadPolicy::default(),
         )
         .unwrap();
         let mut w = sock.clone().create_io_poller();
@@ -1404,6 +1427,62 @@ mod tests {
         }
     }
 
+    /// The fast thread runs under the configured scheduling policy (read back from
+    /// the kernel: field 41 of /proc/self/task/TID/stat; SCHED_OTHER 0, SCHED_BATCH
+    /// 3), and `status` reports it.
+    #[tokio::test]
+    async fn fast_thread_runs_under_the_configured_policy() {
+        fn fast_thread_policies() -> Vec<i64> {
+            let mut found = Vec::new();
+            for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if comm.trim() != "cyphonic-fast" {
+                    continue;
+                }
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // Fields after the command name, which is in parentheses.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                found.push(rest.split(' ').nth(38).unwrap().parse().unwrap());
+            }
+            found
+        }
+        for (policy, name, code) in [
+            (FastThreadPolicy::Batch, "batch", 3),
+            (FastThreadPolicy::Normal, "normal", 0),
+            (FastThreadPolicy::Auto, "", -1),
+        ] {
+            let sock = FastSocket::start(
+                std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+                Arc::new(FastRegistry::default()),
+                policy,
+            )
+            .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sock.path_status().policy.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let got = sock.path_status().policy;
+            if policy == FastThreadPolicy::Auto {
+                assert!(got.contains("(auto;"), "{got}");
+                let code = if sock.policy.is_batch() { 3 } else { 0 };
+                assert!(fast_thread_policies().contains(&code), "{got}");
+            } else {
+                assert_eq!(got, name);
+                // Other tests' sockets may run fast threads of their own meanwhile:
+                // this one's is among them.
+                assert!(fast_thread_policies().contains(&code), "{name}");
+            }
+            drop(sock);
+        }
+        let toml: toml::Value = toml::from_str("p = \"normal\"").unwrap();
+        let p: FastThreadPolicy = toml["p"].clone().try_into().unwrap();
+        assert_eq!(p, FastThreadPolicy::Normal);
+        assert!(toml::from_str::<toml::Value>("p = \"fifo\"").unwrap()["p"]
+            .clone()
+            .try_into::<FastThreadPolicy>()
+            .is_err());
+    }
+
     /// One datagram goes by a plain `sendto`: from an IPv6 (dual-stack) socket to
     /// an IPv4 peer (as a v4-mapped address) and to an IPv6 one, and from an IPv4
     /// socket; several segments still go together by quinn-udp's GSO send.
@@ -1412,10 +1491,16 @@ mod tests {
         let Ok(dual) = std::net::UdpSocket::bind("[::]:0") else {
             return; // no IPv6 on this host
         };
-        let dual = FastSocket::start(dual, Arc::new(FastRegistry::default())).unwrap();
+        let dual = FastSocket::start(
+            dual,
+            Arc::new(FastRegistry::default()),
+            FastThreadPolicy::default(),
+        )
+        .unwrap();
         let v4 = FastSocket::start(
             std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
             Arc::new(FastRegistry::default()),
+            FastThreadPolicy::default(),
         )
         .unwrap();
         let recv = |addr: &str| {

@@ -23,4 +23,5 @@ pub mod node;
 pub mod packet;
 pub mod peers;
 pub mod poller;
+pub mod schedpolicy;
 pub mod tun;

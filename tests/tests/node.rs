@@ -655,3 +655,111 @@ fn fast_data_channel_negotiated_and_replays_refused() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The scheduling policy of a thread named `comm` of process `pid`, from the kernel
+/// (field 41 of /proc/PID/task/TID/stat: SCHED_OTHER 0, SCHED_BATCH 3).
+fn thread_policy(pid: u32, comm: &str) -> anyhow::Result<i64> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        if std::fs::read_to_string(t.path().join("comm"))?.trim() != comm {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat"))?;
+        let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        return Ok(rest
+            .split(' ')
+            .nth(38)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(-1));
+    }
+    anyhow::bail!("process {pid} has no thread {comm}")
+}
+
+/// `fast_thread_policy = "auto"` (the default): the fast path's thread runs as
+/// SCHED_BATCH while the host has CPU to spare (a ping's hand-offs stay on one CPU,
+/// BENCHMARKS.md), turns SCHED_OTHER when tasks wait for CPU (Linux PSI), so that a
+/// packet's wake-up preempts a busy CPU's task again, and turns back afterwards;
+/// pings go through all along.
+#[test]
+fn fast_thread_policy_follows_cpu_pressure() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut bench = Bench::new("sp")?;
+    bench.dns_server()?;
+    let cloud_host = bench.public_host("cloud", Family::Dual)?;
+    let a = bench.public_host("a", Family::V4)?;
+    let b = bench.public_host("b", Family::V4)?;
+    let cloud = CloudProc::start(&cloud_host)?;
+    let na = NodeProc::start(&a, &cloud, "pa")?;
+    let nb = NodeProc::start(&b, &cloud, "pb")?;
+    assert!(na.ping(&fqdn("pb"), 2, &[])?, "a pings b");
+    let policy = |n: &NodeProc| -> anyhow::Result<String> {
+        Ok(n.status()?["fast_path"]["policy"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    if std::fs::read_to_string("/proc/pressure/cpu").is_err() {
+        eprintln!(
+            "no /proc/pressure/cpu (kernel without PSI): `auto` keeps batch; only that is checked"
+        );
+        assert!(policy(&na)?.starts_with("batch (auto; CPU pressure not readable"));
+        return Ok(());
+    }
+    // The bench's own start-up may have raised the pressure; let it settle.
+    let calm = eventually(Duration::from_secs(60), || {
+        Ok(policy(&na)?.starts_with("batch (auto") && policy(&nb)?.starts_with("batch (auto"))
+    })?;
+    assert!(
+        calm,
+        "batch while the host has CPU to spare: {}",
+        policy(&na)?
+    );
+    assert_eq!(thread_policy(na.proc.pid(), "cyphonic-fast")?, 3);
+
+    // One CPU-bound loop more than there are CPUs, at the lowest priority so that
+    // the tests running beside this one hardly notice them: some task always waits.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut hogs = Vec::new();
+    for i in 0..=cpus {
+        hogs.push(a.spawn(
+            "nice",
+            [
+                "-n",
+                "19",
+                "timeout",
+                "90",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ],
+            &format!("hog{i}.log"),
+        )?);
+    }
+    let pressed = eventually(Duration::from_secs(40), || {
+        Ok(policy(&na)?.starts_with("normal (auto"))
+    });
+    let under_pressure = na.ping(&fqdn("pb"), 3, &[]);
+    for h in &hogs {
+        let _ = h.stop();
+    }
+    assert!(pressed?, "normal under CPU pressure: {}", policy(&na)?);
+    assert_eq!(thread_policy(na.proc.pid(), "cyphonic-fast")?, 0);
+    assert!(under_pressure?, "pings go through under CPU pressure");
+    assert!(
+        na.proc.log_text().contains("tasks wait for CPU"),
+        "the switch is logged with its reason"
+    );
+
+    let back = eventually(Duration::from_secs(90), || {
+        Ok(policy(&na)?.starts_with("batch (auto"))
+    })?;
+    assert!(
+        back,
+        "batch again once the pressure is gone: {}",
+        policy(&na)?
+    );
+    assert_eq!(thread_policy(na.proc.pid(), "cyphonic-fast")?, 3);
+    assert!(na.ping(&fqdn("pb"), 2, &[])?, "a still pings b");
+    Ok(())
+}
