@@ -146,13 +146,12 @@ fn print_status(s: &NodeStatus) {
     }
     let f = &s.fast_path;
     println!(
-        "reading     socket: {}, TUN: {} (handed to the runtime: socket {} times, TUN {} times); fast thread scheduling: {}",
-        f.socket,
-        f.tun,
-        f.socket_handovers,
-        f.tun_handovers,
-        if f.policy.is_empty() { "-" } else { &f.policy }
+        "reading     socket: {}, TUN: {} (handed to the runtime: socket {} times, TUN {} times)",
+        f.socket, f.tun, f.socket_handovers, f.tun_handovers
     );
+    if !f.policy.is_empty() {
+        println!("scheduling  fast thread {}", f.policy);
+    }
     let c = &s.cloud;
     let state = if c.connected {
         "registered"
