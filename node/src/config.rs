@@ -51,8 +51,8 @@ pub struct NodeConfig {
     /// (on a VM: halted) one. `normal` preempts, as every thread does by default;
     /// on a host whose CPUs are all busy it gets packets through sooner. `auto` is
     /// `batch` while the host has CPU to spare and `normal` under CPU pressure
-    /// (Linux PSI). See crate::schedpolicy and BENCHMARKS.md.
-    pub fast_thread_policy: crate::schedpolicy::FastThreadPolicy,
+    /// (Linux PSI). See the `cyphonic-sched` crate and BENCHMARKS.md.
+    pub fast_thread_policy: crate::fastdata::FastThreadPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,7 +132,7 @@ impl Default for NodeConfig {
             peers: PeerSettings::default(),
             control_socket: PathBuf::from("/run/cyphonic-node.sock"),
             threads: 1,
-            fast_thread_policy: crate::schedpolicy::FastThreadPolicy::default(),
+            fast_thread_policy: crate::fastdata::FastThreadPolicy::default(),
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct TransportSettings {
     /// Congestion controller of peer connections.
     pub congestion: Congestion,
     /// Scheduling policy of the fast path's thread (`fast_thread_policy`).
-    pub fast_thread_policy: crate::schedpolicy::FastThreadPolicy,
+    pub fast_thread_policy: crate::fastdata::FastThreadPolicy,
 }
 
 /// The congestion controller of the outer QUIC connection of a tunnel
@@ -59,7 +59,7 @@ impl Default for TransportSettings {
             cloud_idle: Duration::from_secs(30),
             path_mtu: 1452,
             congestion: Congestion::default(),
-            fast_thread_policy: crate::schedpolicy::FastThreadPolicy::default(),
+            fast_thread_policy: crate::fastdata::FastThreadPolicy::default(),
         }
     }
 }

@@ -36,9 +36,10 @@ use crate::node::PacketSink;
 use crate::packet;
 use crate::peers::Counters;
 use crate::poller::{Poller, STOP};
-pub use crate::schedpolicy::FastThreadPolicy;
-use crate::schedpolicy::ThreadPolicy;
 use crate::tun::TunBatch;
+/// `fast_thread_policy` (crate `cyphonic_sched`).
+pub use cyphonic_sched::SchedPolicy as FastThreadPolicy;
+use cyphonic_sched::ThreadPolicy;
 
 /// TLS exporter label of the channel's keys (RFC 8446 §7.5); the context is the
 /// PathID.
@@ -501,7 +502,7 @@ impl FastSocket {
             tun: OnceLock::new(),
             socket_handovers: AtomicU64::new(0),
             tun_handovers: AtomicU64::new(0),
-            policy: ThreadPolicy::new(policy),
+            policy: ThreadPolicy::new(policy, "the fast path's thread"),
         });
         let weak = Arc::downgrade(&me);
         let rt = tokio::runtime::Handle::current();

@@ -23,5 +23,5 @@ pub mod node;
 pub mod packet;
 pub mod peers;
 pub mod poller;
-pub mod schedpolicy;
+pub use cyphonic_sched as schedpolicy;
 pub mod tun;

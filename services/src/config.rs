@@ -73,6 +73,13 @@ pub struct CloudConfig {
     pub enrollment_token_hours: u64,
     /// Lifetime of node certificates signed at enrollment.
     pub node_cert_days: u32,
+    /// Linux scheduling policy of the runtime threads (which relay for the TRS):
+    /// `auto` (the default), `batch` or `normal`, as the node's
+    /// `fast_thread_policy`. A relayed packet is a chain of hand-offs (node → TRS →
+    /// node); as `batch` a TRS thread woken by a datagram does not preempt the task
+    /// that sent it, and the chain stays on one CPU. `auto` is `batch` while the host
+    /// has CPU to spare and `normal` under CPU pressure (Linux PSI).
+    pub thread_policy: cyphonic_sched::SchedPolicy,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -148,6 +155,7 @@ impl Default for CloudConfig {
             timers: Timers::default(),
             enrollment_token_hours: 24,
             node_cert_days: 365,
+            thread_policy: cyphonic_sched::SchedPolicy::default(),
         }
     }
 }
@@ -257,6 +265,18 @@ impl CloudConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../../deploy/cloud.example.toml");
+        let c = CloudConfig::parse(text, Path::new("cloud.example.toml")).unwrap();
+        let d = CloudConfig::default();
+        assert_eq!(c.thread_policy, d.thread_policy);
+        assert_eq!(c.node_cert_days, d.node_cert_days);
+        assert!(CloudConfig::parse("thread_policy = \"fifo\"", Path::new("x.toml")).is_err());
+        let n = CloudConfig::parse("thread_policy = \"normal\"", Path::new("x.toml")).unwrap();
+        assert_eq!(n.thread_policy, cyphonic_sched::SchedPolicy::Normal);
+    }
 
     #[test]
     fn empty_file_is_the_default() {

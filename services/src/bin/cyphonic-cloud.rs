@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cyphonic_proto::Fqdn;
+use cyphonic_sched::ThreadPolicy;
 use cyphonic_services::config::{CloudConfig, Role};
 use cyphonic_services::store::{parse_mac, Device, DeviceId, DeviceKind, DeviceStatus, NewDevice};
 
@@ -136,8 +138,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The runtime's threads relay for the TRS; their scheduling policy is set once
+    // the configuration is read (`thread_policy`).
+    let policy = ThreadPolicy::pending("the cloud's runtime threads (TRS)");
+    let (p1, p2) = (policy.clone(), policy.clone());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || p1.enter())
+        .on_thread_stop(move || p2.leave())
         .build()
     {
         Ok(rt) => rt,
@@ -146,7 +154,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    // This thread polls the top-level future (`block_on`): it is one of them too.
+    policy.enter();
+    match rt.block_on(run(cli, policy)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -155,7 +165,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// Apply `thread_policy` to the runtime's threads and say what is in force.
+fn settle_threads(policy: &Arc<ThreadPolicy>, cfg: &CloudConfig) {
+    policy.configure(cfg.thread_policy);
+    policy.spawn_auto(&tokio::runtime::Handle::current());
+    tracing::info!(
+        policy = %policy.describe(),
+        "runtime threads' scheduling (thread_policy)"
+    );
+}
+
+async fn run(cli: Cli, policy: Arc<ThreadPolicy>) -> Result<()> {
     match &cli.command {
         Command::Up { listen } => {
             let mut cfg = load_config(&cli)?;
@@ -163,6 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
                 cfg.state_dir = PathBuf::from(UP_STATE_DIR);
             }
             cfg.listen = *listen;
+            settle_threads(&policy, &cfg);
             cyphonic_services::cloud::run_until_signal(cfg, true).await
         }
         Command::Run { role } => {
@@ -170,6 +191,7 @@ async fn run(cli: Cli) -> Result<()> {
             if !role.is_empty() {
                 cfg.roles = role.clone();
             }
+            settle_threads(&policy, &cfg);
             cyphonic_services::cloud::run_until_signal(cfg, false).await
         }
         Command::Init => {
