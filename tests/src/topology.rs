@@ -612,9 +612,18 @@ impl Drop for Bench {
 /// went out) is dropped *before conntrack confirms it*, so it leaves no entry that
 /// would clash with, and re-map, the mapping our outbound packet needs a moment later.
 fn router_rules(kind: NetKind, lan: &str) -> String {
+    // A symmetric NAT maps every destination to a fresh random port from the whole
+    // unprivileged range, as a carrier-grade NAT does. (Without `to`, Linux keeps a
+    // privileged source port such as 443 among 1-511, so two destinations got the
+    // same port about once in 511 mappings, and the pair then went direct.)
     let masq = match kind {
-        NetKind::Nat(NatKind::Symmetric) => "masquerade random",
-        NetKind::Nat(NatKind::EndpointIndependent) | NetKind::Firewall443 => "masquerade",
+        NetKind::Nat(NatKind::Symmetric) => format!(
+            "oifname \"wan\" ip saddr {lan} meta l4proto {{ tcp, udp }} masquerade to :1024-65535 random\n    \
+             oifname \"wan\" ip saddr {lan} masquerade random"
+        ),
+        NetKind::Nat(NatKind::EndpointIndependent) | NetKind::Firewall443 => {
+            format!("oifname \"wan\" ip saddr {lan} masquerade")
+        }
     };
     let forward = match kind {
         NetKind::Nat(_) => "policy accept;\n\
@@ -632,7 +641,7 @@ fn router_rules(kind: NetKind, lan: &str) -> String {
         "table ip cyb_nat {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname \"wan\" ip saddr {lan} {masq}
+    {masq}
   }}
 }}
 table inet cyb_filter {{

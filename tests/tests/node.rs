@@ -715,24 +715,27 @@ fn fast_thread_policy_follows_cpu_pressure() -> anyhow::Result<()> {
         assert!(policy(&na)?.starts_with("batch (auto; CPU pressure not readable"));
         return Ok(());
     }
+    // Node and cloud threads all batch, read back from the kernel, within `wait`.
+    let all_batch = |why: &str, wait: Duration| -> anyhow::Result<()> {
+        let ok = eventually(wait, || {
+            Ok(policy(&na)?.starts_with("batch (auto")
+                && policy(&nb)?.starts_with("batch (auto")
+                && all_threads(cloud.proc.pid(), "tokio-rt-worker", 3)?)
+        })?;
+        assert!(
+            ok,
+            "{why}: node {}, cloud's runtime threads {:?}",
+            policy(&na)?,
+            thread_policies(cloud.proc.pid(), "tokio-rt-worker")?
+        );
+        assert!(all_threads(na.proc.pid(), "cyphonic-fast", 3)?);
+        Ok(())
+    };
     // The bench's own start-up may have raised the pressure; let it settle.
-    let calm = eventually(Duration::from_secs(60), || {
-        Ok(policy(&na)?.starts_with("batch (auto") && policy(&nb)?.starts_with("batch (auto"))
-    })?;
-    assert!(
-        calm,
-        "batch while the host has CPU to spare: {}",
-        policy(&na)?
-    );
-    assert!(all_threads(na.proc.pid(), "cyphonic-fast", 3)?);
-    let cloud_batch = eventually(Duration::from_secs(10), || {
-        all_threads(cloud.proc.pid(), "tokio-rt-worker", 3)
-    })?;
-    assert!(
-        cloud_batch,
-        "the cloud's runtime threads run as batch: {:?}",
-        thread_policies(cloud.proc.pid(), "tokio-rt-worker")?
-    );
+    all_batch(
+        "batch while the host has CPU to spare",
+        Duration::from_secs(60),
+    )?;
 
     // One CPU-bound loop more than there are CPUs, at the lowest priority so that
     // the tests running beside this one hardly notice them: some task always waits.
@@ -776,19 +779,10 @@ fn fast_thread_policy_follows_cpu_pressure() -> anyhow::Result<()> {
         "the switch is logged with its reason"
     );
 
-    let back = eventually(Duration::from_secs(90), || {
-        Ok(policy(&na)?.starts_with("batch (auto"))
-    })?;
-    assert!(
-        back,
-        "batch again once the pressure is gone: {}",
-        policy(&na)?
-    );
-    assert!(all_threads(na.proc.pid(), "cyphonic-fast", 3)?);
-    let cloud_back = eventually(Duration::from_secs(10), || {
-        all_threads(cloud.proc.pid(), "tokio-rt-worker", 3)
-    })?;
-    assert!(cloud_back, "the cloud's runtime threads are batch again");
+    all_batch(
+        "batch again once the pressure is gone",
+        Duration::from_secs(90),
+    )?;
     assert!(na.ping(&fqdn("pb"), 2, &[])?, "a still pings b");
     Ok(())
 }
