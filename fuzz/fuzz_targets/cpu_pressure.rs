@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Some(p) = cyphonic_sched::parse_cpu_pressure(text) {
-            assert!((0.0..=100.0).contains(&p));
+            assert!((0.0..=100.0).contains(&p.avg10));
         }
     }
 });

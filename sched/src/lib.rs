@@ -17,8 +17,8 @@
 //! waits for the running task's slice to end (up to a scheduler tick) instead of
 //! preempting it. `auto` (the default) therefore runs the threads as `batch` while
 //! the host has CPU to spare, and as `normal` while tasks wait for CPU, judged by
-//! the kernel's CPU pressure (PSI, `/proc/pressure/cpu`, "some avg10"), read every
-//! two seconds with hysteresis. Measured in BENCHMARKS.md ("The fast thread's
+//! the kernel's CPU pressure (PSI, `/proc/pressure/cpu`: the share of the last two
+//! seconds in which some task waited for a CPU), with hysteresis. Measured in BENCHMARKS.md ("The fast thread's
 //! scheduling policy").
 
 use std::io;
@@ -54,24 +54,44 @@ impl SchedPolicy {
     }
 }
 
-/// CPU pressure (% of the last 10 s in which some runnable task waited for a CPU)
-/// at or above which `auto` lets the threads preempt again.
+/// CPU pressure (% of the time in which some runnable task waited for a CPU, over the
+/// last [`PRESSURE_PERIOD`]) at or above which `auto` lets the threads preempt again.
 pub const PRESSURE_HIGH: f64 = 20.0;
 /// ... and below which it goes back to `batch`.
 pub const PRESSURE_LOW: f64 = 10.0;
-/// How often `auto` reads the pressure.
+/// How often `auto` reads the pressure, and the window it judges it over. The
+/// kernel's own averages lag: avg10 decays with a 10 s time constant, so after a
+/// burst at 100 % (a build) it stays above 10 % for about 23 s. The window is
+/// measured from the cumulative stall time (`total`) instead.
 pub const PRESSURE_PERIOD: Duration = Duration::from_secs(2);
 const PRESSURE_FILE: &str = "/proc/pressure/cpu";
 
-/// "some avg10" of `/proc/pressure/cpu`: e.g. `some avg10=1.07 avg60=14.03
-/// avg300=7.15 total=1831616429`. `None` for anything else.
-pub fn parse_cpu_pressure(text: &str) -> Option<f64> {
+/// The "some" line of `/proc/pressure/cpu`, e.g. `some avg10=1.07 avg60=14.03
+/// avg300=7.15 total=1831616429`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuPressure {
+    /// % of the last 10 s.
+    pub avg10: f64,
+    /// Cumulative time (µs) in which some task waited for a CPU.
+    pub total_us: u64,
+}
+
+/// Parse `/proc/pressure/cpu`; `None` for anything that is not its "some" line.
+pub fn parse_cpu_pressure(text: &str) -> Option<CpuPressure> {
     let line = text.lines().find(|l| l.starts_with("some "))?;
-    let v = line
-        .split_ascii_whitespace()
-        .find_map(|f| f.strip_prefix("avg10="))?;
-    let v: f64 = v.parse().ok()?;
-    (v.is_finite() && (0.0..=100.0).contains(&v)).then_some(v)
+    let field = |name: &str| {
+        line.split_ascii_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+    };
+    let avg10: f64 = field("avg10=")?.parse().ok()?;
+    let total_us: u64 = field("total=")?.parse().ok()?;
+    (avg10.is_finite() && (0.0..=100.0).contains(&avg10)).then_some(CpuPressure { avg10, total_us })
+}
+
+/// The pressure (%) over a window: stall time grown by `stalled_us` in
+/// `elapsed_us` of wall time, clamped to 0–100. `None` for an empty window.
+pub fn window_pressure(stalled_us: u64, elapsed_us: u64) -> Option<f64> {
+    (elapsed_us > 0).then(|| (stalled_us as f64 * 100.0 / elapsed_us as f64).min(100.0))
 }
 
 /// Set thread `tid` (0: the caller) to `SCHED_BATCH` or `SCHED_OTHER`.
@@ -149,7 +169,8 @@ impl ThreadPolicy {
             SchedPolicy::Normal => false,
             SchedPolicy::Batch => true,
             // As the pressure says; `batch` when it cannot be read.
-            SchedPolicy::Auto => read_pressure().is_none_or(|p| p < PRESSURE_HIGH),
+            // (The last 10 s: no window has been measured yet.)
+            SchedPolicy::Auto => read_pressure().is_none_or(|p| p.avg10 < PRESSURE_HIGH),
         }
     }
 
@@ -294,11 +315,21 @@ impl ThreadPolicy {
             let mut tick = tokio::time::interval(PRESSURE_PERIOD);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut warned = false;
+            let mut last: Option<(std::time::Instant, u64)> = None;
             loop {
                 tick.tick().await;
                 let Some(me) = weak.upgrade() else { return };
-                let p = read_pressure();
-                if p.is_none() && !warned {
+                let now = std::time::Instant::now();
+                let read = read_pressure();
+                let p = match (read, last) {
+                    (Some(r), Some((then, total))) => window_pressure(
+                        r.total_us.saturating_sub(total),
+                        now.duration_since(then).as_micros() as u64,
+                    ),
+                    _ => None,
+                };
+                last = read.map(|r| (now, r.total_us));
+                if read.is_none() && !warned {
                     warned = true;
                     tracing::info!(
                         file = PRESSURE_FILE,
@@ -312,7 +343,7 @@ impl ThreadPolicy {
     }
 }
 
-fn read_pressure() -> Option<f64> {
+fn read_pressure() -> Option<CpuPressure> {
     parse_cpu_pressure(&std::fs::read_to_string(PRESSURE_FILE).ok()?)
 }
 
@@ -325,30 +356,55 @@ mod tests {
     fn parses_the_kernels_cpu_pressure() {
         let t = "some avg10=1.07 avg60=14.03 avg300=7.15 total=1831616429\n\
                  full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
-        assert_eq!(parse_cpu_pressure(t), Some(1.07));
         assert_eq!(
-            parse_cpu_pressure("some avg10=100.00 avg60=0 avg300=0 total=1"),
+            parse_cpu_pressure(t),
+            Some(CpuPressure {
+                avg10: 1.07,
+                total_us: 1831616429
+            })
+        );
+        assert_eq!(
+            parse_cpu_pressure("some avg10=100.00 avg60=0 avg300=0 total=1").map(|p| p.avg10),
             Some(100.0)
         );
         for bad in [
             "",
-            "full avg10=3.00",
-            "some avg60=3.00",
-            "some avg10=",
-            "some avg10=x",
-            "some avg10=NaN",
-            "some avg10=-1",
-            "some avg10=101",
-            "some avg10=inf",
+            "full avg10=3.00 total=1",
+            "some avg60=3.00 total=1",
+            "some avg10= total=1",
+            "some avg10=x total=1",
+            "some avg10=NaN total=1",
+            "some avg10=-1 total=1",
+            "some avg10=101 total=1",
+            "some avg10=inf total=1",
+            "some avg10=1.00",
+            "some avg10=1.00 total=-1",
+            "some avg10=1.00 total=18446744073709551616",
         ] {
             assert_eq!(parse_cpu_pressure(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn window_pressure_is_the_stalled_share_of_the_window() {
+        assert_eq!(window_pressure(0, 2_000_000), Some(0.0));
+        assert_eq!(window_pressure(400_000, 2_000_000), Some(20.0));
+        // Several tasks stalled at once count once; a clock step cannot exceed 100.
+        assert_eq!(window_pressure(5_000_000, 2_000_000), Some(100.0));
+        assert_eq!(window_pressure(1, 0), None);
     }
 
     proptest! {
         #[test]
         fn any_text_parses_to_none_or_a_percentage(s in ".{0,200}") {
             if let Some(p) = parse_cpu_pressure(&s) {
+                prop_assert!((0.0..=100.0).contains(&p.avg10));
+            }
+        }
+
+        #[test]
+        fn any_window_is_a_percentage(stalled: u64, elapsed: u64) {
+            if let Some(p) = window_pressure(stalled, elapsed) {
                 prop_assert!((0.0..=100.0).contains(&p));
             }
         }
