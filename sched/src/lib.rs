@@ -65,6 +65,8 @@ pub const PRESSURE_LOW: f64 = 10.0;
 /// measured from the cumulative stall time (`total`) instead.
 pub const PRESSURE_PERIOD: Duration = Duration::from_secs(2);
 const PRESSURE_FILE: &str = "/proc/pressure/cpu";
+const UNREADABLE: u64 = u64::MAX;
+const NOT_YET: u64 = u64::MAX - 1;
 
 /// The "some" line of `/proc/pressure/cpu`, e.g. `some avg10=1.07 avg60=14.03
 /// avg300=7.15 total=1831616429`.
@@ -130,8 +132,8 @@ pub struct ThreadPolicy {
     batch: AtomicBool,
     /// Why the policy could not be set, if it could not.
     refused: Mutex<Option<String>>,
-    /// The last CPU pressure read (`auto`), in hundredths of a per cent; `u64::MAX`
-    /// when none could be read.
+    /// The last CPU pressure measured (`auto`), in hundredths of a per cent;
+    /// [`UNREADABLE`] when none could be read, [`NOT_YET`] before the first window.
     pressure: AtomicU64,
     /// Times `auto` switched the threads.
     switches: AtomicU64,
@@ -159,7 +161,7 @@ impl ThreadPolicy {
             tids: Mutex::new(Vec::new()),
             batch: AtomicBool::new(false),
             refused: Mutex::new(None),
-            pressure: AtomicU64::new(u64::MAX),
+            pressure: AtomicU64::new(NOT_YET),
             switches: AtomicU64::new(0),
         })
     }
@@ -223,7 +225,7 @@ impl ThreadPolicy {
     /// if it crossed a threshold. Returns whether they switched.
     pub fn retune(&self, pressure: Option<f64>) -> bool {
         self.pressure.store(
-            pressure.map_or(u64::MAX, |p| (p * 100.0).round() as u64),
+            pressure.map_or(UNREADABLE, |p| (p * 100.0).round() as u64),
             Ordering::Relaxed,
         );
         if self.configured() != SchedPolicy::Auto || !self.settled.load(Ordering::Acquire) {
@@ -282,13 +284,13 @@ impl ThreadPolicy {
             SchedPolicy::Auto => {
                 let p = self.pressure.load(Ordering::Relaxed);
                 let switches = self.switches.load(Ordering::Relaxed);
-                if p == u64::MAX {
-                    format!("{now} (auto; CPU pressure not readable)")
-                } else {
-                    format!(
+                match p {
+                    UNREADABLE => format!("{now} (auto; CPU pressure not readable)"),
+                    NOT_YET => format!("{now} (auto; CPU pressure not measured yet)"),
+                    p => format!(
                         "{now} (auto; CPU pressure {:.2} %, switched {switches} times)",
                         p as f64 / 100.0
-                    )
+                    ),
                 }
             }
             _ => now.to_string(),
@@ -337,7 +339,16 @@ impl ThreadPolicy {
                         me.role
                     );
                 }
-                me.retune(p);
+                match (read, p) {
+                    (None, _) => {
+                        me.retune(None);
+                    }
+                    (Some(_), Some(p)) => {
+                        me.retune(Some(p));
+                    }
+                    // The first reading: no window yet.
+                    (Some(_), None) => {}
+                }
             }
         });
     }
@@ -457,6 +468,12 @@ mod tests {
         }
         assert_eq!(pol.describe(), "");
         pol.configure(SchedPolicy::Auto);
+        assert!(
+            pol.describe()
+                .ends_with("(auto; CPU pressure not measured yet)"),
+            "{}",
+            pol.describe()
+        );
         // Start from batch whatever this host's pressure is now.
         for &t in &tids {
             set_policy(t, true).unwrap();
@@ -464,6 +481,9 @@ mod tests {
         pol.batch.store(true, Ordering::Release);
         assert!(!pol.retune(Some(PRESSURE_HIGH - 0.01)));
         assert!(!pol.retune(None));
+        assert!(pol
+            .describe()
+            .ends_with("(auto; CPU pressure not readable)"));
         assert!(pol.retune(Some(PRESSURE_HIGH)));
         assert!(!pol.is_batch());
         for &t in &tids {
