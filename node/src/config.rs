@@ -292,6 +292,22 @@ mod tests {
     }
 
     #[test]
+    fn fast_thread_policy_parses_and_bad_values_are_refused_with_the_choices() {
+        let c: NodeConfig = toml::from_str("fast_thread_policy = \"normal\"").unwrap();
+        assert_eq!(
+            c.fast_thread_policy,
+            crate::fastdata::FastThreadPolicy::Normal
+        );
+        let e = toml::from_str::<NodeConfig>("fast_thread_policy = \"fifo\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("auto") && e.contains("batch") && e.contains("normal"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<NodeConfig>("clowd = \"1.2.3.4:443\"").is_err());
     }

@@ -23,5 +23,4 @@ pub mod node;
 pub mod packet;
 pub mod peers;
 pub mod poller;
-pub use cyphonic_sched as schedpolicy;
 pub mod tun;

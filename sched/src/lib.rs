@@ -301,6 +301,11 @@ impl ThreadPolicy {
         s
     }
 
+    /// The ids of the threads that have entered (and not left).
+    pub fn threads(&self) -> Vec<i32> {
+        lock(&self.tids).clone()
+    }
+
     /// Whether the threads run as `batch` now.
     pub fn is_batch(&self) -> bool {
         self.batch.load(Ordering::Acquire)
