@@ -26,7 +26,9 @@ impl AcceptPeer for Tag {
 
 fn creds(ca: &mut Ca, name: &str) -> (Fqdn, Credentials) {
     let fqdn = Fqdn::new(&format!("{name}.cyphonic.internal")).unwrap();
-    let issued = ca.issue_node(&fqdn, Some(NodeId::random()), 30).unwrap();
+    // Shorter than the CA's 30 days: a certificate may not outlive its CA, and one
+    // issued for 30 days a second after the CA was made would.
+    let issued = ca.issue_node(&fqdn, Some(NodeId::random()), 5).unwrap();
     let c = Credentials::from_der_and_key_pem(issued.cert_der, issued.key_pem.as_deref().unwrap())
         .unwrap();
     (fqdn, c)
