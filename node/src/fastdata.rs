@@ -325,8 +325,8 @@ const MAX_QUEUED_BYTES: usize = 8 << 20;
 /// loop hands the socket to quinn as soon as QUIC packets come in a run).
 const MAX_FREE_BUFFERS: usize = RX_BATCH;
 
-/// At most this many QUIC packets in a read that empties the socket are queued for
-/// quinn without handing it the socket (see [`FastSocket::dispatch`]).
+/// At most this many QUIC packets in one wake-up of the fast path's thread are
+/// queued for quinn without handing it the socket (see [`FastSocket::dispatch`]).
 const SPARSE_QUIC: usize = 2;
 
 /// A received message that holds QUIC packets, on its way to quinn.
@@ -673,19 +673,22 @@ impl FastSocket {
     /// their sinks, the rest queued for quinn (the slot gets a fresh buffer). Returns
     /// whether quinn took the socket's turn.
     ///
-    /// QUIC packets that come alone (`drained`: the call emptied the socket, and at
-    /// most [`SPARSE_QUIC`] of them) are queued for quinn while this thread keeps the
-    /// socket. Those are keep-alives, acknowledgements and signalling. Handing the
-    /// socket over for them left it with quinn until the next packet, so the first
-    /// fast-data packet after every keep-alive went through the runtime (a wake-up
-    /// of the runtime's thread, ~0.1–0.2 ms more on that packet). A run of QUIC
-    /// packets (a bulk transfer on QUIC) still hands the socket over.
+    /// `quic_seen` counts the QUIC packets of this wake-up's reads so far. While it
+    /// stays within [`SPARSE_QUIC`] they are queued for quinn and this thread keeps
+    /// the socket: keep-alives, acknowledgements, signalling, a large packet and its
+    /// acknowledgement. Handing the socket over for those left it with quinn until
+    /// the next packet, so the first fast-data packet after every keep-alive went
+    /// through the runtime (a wake-up of the runtime's thread, ~0.1–0.2 ms more on
+    /// that packet). Whether the read emptied the socket does not matter: two QUIC
+    /// packets that were both waiting fill a read of two, and the next read (of
+    /// more) tells a run from a pair. A run of QUIC packets (a bulk transfer on
+    /// QUIC) hands the socket over.
     fn dispatch(
         &self,
         slots: &mut [Vec<u8>],
         metas: &[RecvMeta],
         scratch: &mut RxScratch,
-        drained: bool,
+        quic_seen: &mut usize,
     ) -> bool {
         let mut kept = [0usize; RX_BATCH];
         let filter = !self.registry.is_empty();
@@ -728,7 +731,8 @@ impl FastSocket {
         // A run of QUIC packets: quinn reads the socket itself from now on, into its
         // own buffers, while they keep coming (see `Turn`). This thread stops
         // watching it first, so the two never read it at once.
-        let handed = if drained && quic_segments <= SPARSE_QUIC {
+        *quic_seen += quic_segments;
+        let handed = if *quic_seen <= SPARSE_QUIC {
             false
         } else {
             match self.poller.remove(self.socket.as_raw_fd()) {
@@ -911,6 +915,7 @@ impl FastSocket {
     /// it again), fast-data packets delivered, QUIC ones handed to quinn with the
     /// turn.
     fn socket_ready(&self, st: &mut RxState) {
+        let mut quic_seen = 0usize;
         for _ in 0..64 {
             let want = st.want;
             while st.slots.len() < want {
@@ -930,7 +935,7 @@ impl FastSocket {
                         &mut st.slots[..n],
                         &st.metas[..n],
                         &mut st.scratch,
-                        n < want,
+                        &mut quic_seen,
                     ) {
                         // quinn has the turn now.
                         return;
@@ -1394,6 +1399,66 @@ mod tests {
         let mut b = [0u8; 16];
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(peer.recv(&mut b).unwrap(), 3);
+    }
+
+    /// Two QUIC packets that wait together (a large packet and an acknowledgement)
+    /// fill the thread's first read of two. They reach quinn and the thread keeps
+    /// the socket, so the next fast-data packet arrives with nobody polling quinn's
+    /// side. Before, a read that came back full handed the socket over whatever it
+    /// held, and quinn kept it until the next packet (a flake of the e2e test
+    /// `fast_data_channel_negotiated_and_replays_refused` on a loaded machine).
+    #[tokio::test]
+    async fn a_pair_of_quic_packets_leaves_the_socket_with_the_thread() {
+        let reg = Arc::new(FastRegistry::default());
+        let sink = Arc::new(Collect::default());
+        let (_r, tx) = channel(&reg, sink.clone());
+        let raw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = raw.local_addr().unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let pair = [quic_packet(1, 1300), quic_packet(2, 60)];
+        for p in &pair {
+            peer.send_to(p, to).unwrap();
+        }
+        // Both wait in the socket before the thread's first read.
+        let sock = FastSocket::start(raw, reg.clone(), FastThreadPolicy::default()).unwrap();
+        let mut got = Vec::new();
+        let mut bufs = vec![vec![0u8; 65536]; 8];
+        while got.len() < 2 {
+            let mut iovs: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut meta = [RecvMeta::default(); 8];
+            let n = tokio::time::timeout(
+                Duration::from_secs(5),
+                std::future::poll_fn(|cx| sock.poll_recv(cx, &mut iovs, &mut meta)),
+            )
+            .await
+            .expect("both QUIC packets reach quinn")
+            .unwrap();
+            for (m, b) in meta.iter().zip(iovs.iter()).take(n) {
+                if m.len > 0 {
+                    got.push(b[..m.len].to_vec());
+                }
+            }
+        }
+        assert!(got == pair, "QUIC packets lost, reordered or altered");
+        assert!(
+            !sock.turn.quinn.load(Ordering::Acquire),
+            "the thread kept the socket"
+        );
+        assert_eq!(sock.path_status().socket_handovers, 0);
+        let pkt = v4_packet([100, 64, 0, 1]);
+        let mut sealed = Vec::new();
+        assert!(tx.seal(&pkt, &mut sealed));
+        peer.send_to(&sealed, to).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&sink.0).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the thread delivers the next packet"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*lock(&sink.0), vec![pkt]);
     }
 
     /// quinn's wait for room: immediate while no send would have blocked (nothing
