@@ -1312,6 +1312,33 @@ mod tests {
         }
     }
 
+    /// What quinn's `poll_recv` gets, until `count` QUIC packets (5 s at most). A
+    /// message left empty (it held only fast-data packets) is skipped, as quinn
+    /// does.
+    async fn quinn_receives(sock: &FastSocket, count: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut bufs = vec![vec![0u8; 65536]; 8];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < count {
+            let mut iovs: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut meta = [RecvMeta::default(); 8];
+            let n = tokio::time::timeout_at(
+                deadline,
+                std::future::poll_fn(|cx| sock.poll_recv(cx, &mut iovs, &mut meta)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{count} QUIC packets reach quinn; got {}", got.len()))
+            .unwrap();
+            for (m, b) in meta.iter().zip(iovs.iter()).take(n) {
+                if m.len > 0 {
+                    got.push(b[..m.len].to_vec());
+                }
+            }
+        }
+        got
+    }
+
     /// Through a real socket: fast-data packets reach the sink and never quinn;
     /// everything else reaches quinn's `poll_recv` in order; a replay is refused.
     #[tokio::test]
@@ -1337,28 +1364,7 @@ mod tests {
                 peer.send_to(&sealed, to).unwrap(); // the first is new, then replays
             }
         }
-        let mut got = Vec::new();
-        let mut bufs = vec![vec![0u8; 65536]; 8];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while got.len() < 50 {
-            let mut iovs: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            let mut meta = [RecvMeta::default(); 8];
-            let n = tokio::time::timeout_at(
-                deadline,
-                std::future::poll_fn(|cx| sock.poll_recv(cx, &mut iovs, &mut meta)),
-            )
-            .await
-            .expect("QUIC packets reach quinn")
-            .unwrap();
-            // A message left empty (it held only fast-data packets) is skipped by
-            // quinn.
-            for (m, b) in meta.iter().zip(iovs.iter()).take(n) {
-                if m.len > 0 {
-                    got.push(b[..m.len].to_vec());
-                }
-            }
-        }
+        let got = quinn_receives(&sock, 50).await;
         let want: Vec<Vec<u8>> = (0..50u8)
             .map(|i| quic_packet(i, 100 + usize::from(i)))
             .collect();
@@ -1370,6 +1376,7 @@ mod tests {
         let mut second = Vec::new();
         assert!(tx.seal(&pkt, &mut second));
         peer.send_to(&second, to).unwrap();
+        let mut bufs = vec![vec![0u8; 65536]; 8];
         let mut iovs: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let mut meta = [RecvMeta::default(); 8];
         let n = tokio::time::timeout(
@@ -1422,25 +1429,7 @@ mod tests {
         }
         // Both wait in the socket before the thread's first read.
         let sock = FastSocket::start(raw, reg.clone(), FastThreadPolicy::default()).unwrap();
-        let mut got = Vec::new();
-        let mut bufs = vec![vec![0u8; 65536]; 8];
-        while got.len() < 2 {
-            let mut iovs: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            let mut meta = [RecvMeta::default(); 8];
-            let n = tokio::time::timeout(
-                Duration::from_secs(5),
-                std::future::poll_fn(|cx| sock.poll_recv(cx, &mut iovs, &mut meta)),
-            )
-            .await
-            .expect("both QUIC packets reach quinn")
-            .unwrap();
-            for (m, b) in meta.iter().zip(iovs.iter()).take(n) {
-                if m.len > 0 {
-                    got.push(b[..m.len].to_vec());
-                }
-            }
-        }
+        let got = quinn_receives(&sock, 2).await;
         assert!(got == pair, "QUIC packets lost, reordered or altered");
         assert!(
             !sock.turn.quinn.load(Ordering::Acquire),
