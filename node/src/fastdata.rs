@@ -676,14 +676,14 @@ impl FastSocket {
     /// `quic_seen` counts the QUIC packets of this wake-up's reads so far. While it
     /// stays within [`SPARSE_QUIC`] they are queued for quinn and this thread keeps
     /// the socket: keep-alives, acknowledgements, signalling, a large packet with
-    /// its acknowledgement. Reads ask for 2, then 4, then 8 messages, so a run still
-    /// hands over at its second read. Handing the socket over for those left it with quinn until
-    /// the next packet, so the first fast-data packet after every keep-alive went
-    /// through the runtime (a wake-up of the runtime's thread, ~0.1–0.2 ms more on
-    /// that packet). Whether the read emptied the socket does not matter: two QUIC
-    /// packets that were both waiting fill a read of two, and the next read (of
-    /// more) tells a run from a pair. A run of QUIC packets (a bulk transfer on
-    /// QUIC) hands the socket over.
+    /// its acknowledgement. Handing the socket over for those left it with quinn
+    /// until the next packet, so the first fast-data packet after every keep-alive
+    /// went through the runtime (a wake-up of the runtime's thread, ~0.1–0.2 ms more
+    /// on that packet). Whether a read emptied the socket does not matter: two QUIC
+    /// packets waiting together fill a read of two, and the next read tells a run
+    /// from a pair. Reads ask for 2, then 4, then 8 messages, so a run of QUIC
+    /// packets (a bulk transfer on QUIC) still hands the socket over at its second
+    /// read.
     fn dispatch(
         &self,
         slots: &mut [Vec<u8>],
