@@ -18,8 +18,8 @@
 //! preempting it. `auto` (the default) therefore runs the threads as `batch` while
 //! the host has CPU to spare, and as `normal` while tasks wait for CPU, judged by
 //! the kernel's CPU pressure (PSI, `/proc/pressure/cpu`: the share of the last two
-//! seconds in which some task waited for a CPU), with hysteresis. Measured in BENCHMARKS.md ("The fast thread's
-//! scheduling policy").
+//! seconds in which some task waited for a CPU), with hysteresis. Measured in
+//! BENCHMARKS.md ("The fast thread's scheduling policy").
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -222,13 +222,19 @@ impl ThreadPolicy {
     }
 
     /// `auto`: given the CPU pressure now (`None`: unreadable), switch the threads
-    /// if it crossed a threshold. Returns whether they switched.
+    /// if it crossed a threshold. Returns whether they switched. Once the kernel
+    /// has refused a policy (a sandbox that forbids `sched_setscheduler`), `auto`
+    /// stops switching: the refusal is logged once and shown by `describe`, not
+    /// retried every [`PRESSURE_PERIOD`].
     pub fn retune(&self, pressure: Option<f64>) -> bool {
         self.pressure.store(
             pressure.map_or(UNREADABLE, |p| (p * 100.0).round() as u64),
             Ordering::Relaxed,
         );
-        if self.configured() != SchedPolicy::Auto || !self.settled.load(Ordering::Acquire) {
+        if self.configured() != SchedPolicy::Auto
+            || !self.settled.load(Ordering::Acquire)
+            || lock(&self.refused).is_some()
+        {
             return false;
         }
         let Some(p) = pressure else { return false };
@@ -344,15 +350,9 @@ impl ThreadPolicy {
                         me.role
                     );
                 }
-                match (read, p) {
-                    (None, _) => {
-                        me.retune(None);
-                    }
-                    (Some(_), Some(p)) => {
-                        me.retune(Some(p));
-                    }
-                    // The first reading: no window yet.
-                    (Some(_), None) => {}
+                // The first reading gives no window yet.
+                if read.is_none() || p.is_some() {
+                    me.retune(p);
                 }
             }
         });
@@ -504,6 +504,16 @@ mod tests {
             assert_eq!(kernel_policy(t), libc::SCHED_BATCH);
         }
         assert!(pol.describe().contains("switched 2 times"));
+        // After a refusal (recorded as `refuse` does), `auto` stops trying.
+        *lock(&pol.refused) = Some("normal refused: Operation not permitted".into());
+        assert!(!pol.retune(Some(100.0)), "no retry after a refusal");
+        for &t in &tids {
+            assert_eq!(kernel_policy(t), libc::SCHED_BATCH);
+        }
+        assert!(pol
+            .describe()
+            .ends_with("; normal refused: Operation not permitted"));
+        *lock(&pol.refused) = None;
         end();
         // The threads are gone without leaving: a switch drops them.
         assert!(!pol.retune(Some(100.0)), "no thread left to switch");
